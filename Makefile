@@ -1,0 +1,56 @@
+# Two commands on a fresh machine: `make synth` and `make test`.
+# Both create .venv, install the pinned Python and Node dependencies into it, and
+# run with .venv/bin first on PATH so jsii and the CDK CLI use the venv's Node.js 24.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := synth
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# The CLI would otherwise phone home for notices and telemetry; synth stays offline.
+export CDK_DISABLE_CLI_TELEMETRY := true
+
+ENV ?= dev
+CONFIG ?=
+CDK_CONTEXT := -c env=$(ENV) $(if $(CONFIG),-c config=$(CONFIG))
+CDK := npx --no-install cdk --no-notices
+
+.PHONY: install synth test lint format bench diff deploy clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+synth: $(STAMP)
+	$(CDK) synth --quiet $(CDK_CONTEXT)
+	@echo "Templates for '$(ENV)' are in cdk.out/"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench_synth.py
+
+diff: $(STAMP)
+	$(CDK) diff --all $(CDK_CONTEXT)
+
+deploy: $(STAMP)
+	$(CDK) deploy --all --concurrency 4 --require-approval broadening $(CDK_CONTEXT)
+
+clean:
+	rm -rf cdk.out .pytest_cache .ruff_cache

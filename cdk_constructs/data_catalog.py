@@ -1,0 +1,98 @@
+"""Hive Metastore container: the Glue Data Catalog databases and the event schema registry."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import aws_glue as glue
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_constructs.base import PlatformContainer
+
+ZONES = ("raw", "curated", "features")
+
+
+class DataCatalog(PlatformContainer):
+    """Glue Data Catalog databases for the raw, curated and features zones, used by EMR as its
+    Hive metastore, and a Glue Schema Registry for the event topics.
+
+    Glue has no stable L2 construct for databases or registries, so this construct owns the
+    L1 resources. Secure defaults:
+    - each database's location is its zone in the KMS-encrypted data lake;
+    - with `manage_catalog_encryption`, the catalog's metadata and connection passwords are
+      encrypted with the platform key (one setting per account and region).
+    """
+
+    container = "hive-metastore"
+    stereotype = "data-catalog"
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name_prefix: str,
+        registry_name: str,
+        zone_locations: dict[str, s3.IBucket],
+        encryption_key: kms.IKey,
+        manage_catalog_encryption: bool,
+        removal_policy: RemovalPolicy,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        missing = set(ZONES) - set(zone_locations)
+        if missing:
+            raise ValueError(f"zone_locations lacks {', '.join(sorted(missing))}")
+        account = Stack.of(self).account
+        self.database_names: dict[str, str] = {}
+        for zone in ZONES:
+            name = f"{name_prefix}_{zone}"
+            bucket = zone_locations[zone]
+            prefix = "features/" if zone == "features" else ""
+            database = glue.CfnDatabase(
+                self,
+                f"{zone.capitalize()}Database",
+                catalog_id=account,
+                database_input=glue.CfnDatabase.DatabaseInputProperty(
+                    name=name,
+                    description=f"ML platform {zone} zone",
+                    location_uri=bucket.s3_url_for_object(prefix),
+                ),
+            )
+            database.apply_removal_policy(removal_policy)
+            self.database_names[zone] = name
+
+        self.schema_registry = glue.CfnRegistry(
+            self,
+            "SchemaRegistry",
+            name=registry_name,
+            description="Avro schemas of the platform's event topics",
+        )
+        self.schema_registry.apply_removal_policy(removal_policy)
+
+        if manage_catalog_encryption:
+            glue.CfnDataCatalogEncryptionSettings(
+                self,
+                "CatalogEncryption",
+                catalog_id=account,
+                data_catalog_encryption_settings=glue.CfnDataCatalogEncryptionSettings.DataCatalogEncryptionSettingsProperty(
+                    encryption_at_rest=glue.CfnDataCatalogEncryptionSettings.EncryptionAtRestProperty(
+                        catalog_encryption_mode="SSE-KMS",
+                        sse_aws_kms_key_id=encryption_key.key_arn,
+                    ),
+                    connection_password_encryption=glue.CfnDataCatalogEncryptionSettings.ConnectionPasswordEncryptionProperty(
+                        return_connection_password_encrypted=True,
+                        kms_key_id=encryption_key.key_arn,
+                    ),
+                ),
+            )
+
+    def database_arn(self, zone: str) -> str:
+        return Stack.of(self).format_arn(
+            service="glue", resource="database", resource_name=self.database_names[zone]
+        )
+
+    def tables_arn(self, zone: str) -> str:
+        return Stack.of(self).format_arn(
+            service="glue", resource="table", resource_name=f"{self.database_names[zone]}/*"
+        )

@@ -1,0 +1,121 @@
+"""S3 Data Lake container: raw, curated and artifacts zones plus the access-log bucket."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_constructs.base import PlatformContainer, acknowledge
+from platform_config.model import DataLakeConfig
+
+# Incomplete multipart uploads hold storage that no object accounts for.
+_ABORT_UPLOADS_AFTER = Duration.days(7)
+
+
+class DataLake(PlatformContainer):
+    """The platform's S3 data lake and the KMS key that protects the platform's data.
+
+    Secure defaults:
+    - one customer-managed KMS key with yearly rotation; raw, curated and artifacts buckets use
+      SSE-KMS with S3 bucket keys (fewer KMS calls, same key);
+    - every bucket blocks public access, enforces TLS 1.2+, has ACLs disabled and versioning on;
+    - server access logs of the three zones go to the logs bucket (SSE-S3, because S3 log
+      delivery cannot write to SSE-KMS buckets), which expires them after the configured days;
+    - lifecycle: raw objects move to Intelligent-Tiering, old versions and incomplete uploads
+      expire;
+    - removal follows the environment: RETAIN when protected, else DESTROY with auto-delete.
+    """
+
+    container = "data-lake"
+    stereotype = "data-lake"
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: DataLakeConfig,
+        key_alias: str,
+        removal_policy: RemovalPolicy,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        auto_delete = removal_policy == RemovalPolicy.DESTROY
+        self.key = kms.Key(
+            self,
+            "Key",
+            alias=key_alias,
+            description="Encrypts the ML platform's data at rest",
+            enable_key_rotation=True,
+            removal_policy=removal_policy,
+        )
+        expire_old_versions = s3.LifecycleRule(
+            id="expire-noncurrent-versions",
+            noncurrent_version_expiration=Duration.days(config.noncurrent_version_expiration_days),
+            abort_incomplete_multipart_upload_after=_ABORT_UPLOADS_AFTER,
+        )
+
+        self.logs_bucket = s3.Bucket(
+            self,
+            "LogsBucket",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            enforce_ssl=True,
+            minimum_tls_version=1.2,
+            versioned=True,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=Duration.days(config.access_log_retention_days),
+                    noncurrent_version_expiration=Duration.days(1),
+                    abort_incomplete_multipart_upload_after=_ABORT_UPLOADS_AFTER,
+                )
+            ],
+            removal_policy=removal_policy,
+            auto_delete_objects=auto_delete,
+        )
+        acknowledge(
+            self.logs_bucket,
+            "AwsSolutions-S1",
+            "This bucket is the server-access-log target of the data lake; logging its own "
+            "access into itself would create a write loop.",
+        )
+
+        def zone_bucket(zone: str, lifecycle_rules: list[s3.LifecycleRule]) -> s3.Bucket:
+            return s3.Bucket(
+                self,
+                f"{zone.capitalize()}Bucket",
+                encryption=s3.BucketEncryption.KMS,
+                encryption_key=self.key,
+                bucket_key_enabled=True,
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+                enforce_ssl=True,
+                minimum_tls_version=1.2,
+                versioned=True,
+                server_access_logs_bucket=self.logs_bucket,
+                server_access_logs_prefix=f"s3-access/{zone}/",
+                lifecycle_rules=lifecycle_rules,
+                removal_policy=removal_policy,
+                auto_delete_objects=auto_delete,
+            )
+
+        self.raw_bucket = zone_bucket(
+            "raw",
+            [
+                expire_old_versions,
+                s3.LifecycleRule(
+                    id="raw-to-intelligent-tiering",
+                    transitions=[
+                        s3.Transition(
+                            storage_class=s3.StorageClass.INTELLIGENT_TIERING,
+                            transition_after=Duration.days(config.raw_to_intelligent_tiering_days),
+                        )
+                    ],
+                ),
+            ],
+        )
+        self.curated_bucket = zone_bucket("curated", [expire_old_versions])
+        self.artifacts_bucket = zone_bucket("artifacts", [expire_old_versions])

@@ -1,0 +1,164 @@
+"""The typed model of one platform environment.
+
+Every value a stack or construct uses comes from here, validated before any construct is
+built. Field docstrings double as the config reference in README.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# CloudWatch Logs accepts only these retention periods (days).
+LogRetentionDays = Literal[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+]  # fmt: skip
+
+# Interface endpoints the platform's private subnets may need, by their endpoint service name
+# suffix (com.amazonaws.<region>.<name>). Gateway endpoints for S3 and DynamoDB are always there.
+InterfaceEndpointName = Literal[
+    "ecr.api", "ecr.dkr", "logs", "monitoring", "sts", "kms", "secretsmanager", "ssm", "glue",
+    "elasticmapreduce", "kafka", "cassandra", "sagemaker.api", "sagemaker.runtime",
+    "sagemaker.featurestore-runtime", "states", "events", "batch",
+]  # fmt: skip
+
+Days = Annotated[int, Field(ge=1, le=3650)]
+
+
+class StrictModel(BaseModel):
+    """No unknown keys, no silent type coercion, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NetworkConfig(StrictModel):
+    cidr: str = "10.0.0.0/16"
+    """IPv4 range of the VPC, a /16 to /20 network address."""
+    nat_gateways: int = Field(default=1, ge=1, le=3)
+    """NAT gateways for egress from private subnets (1 is cheap, one per AZ is resilient)."""
+    interface_endpoints: list[InterfaceEndpointName] = Field(default_factory=list)
+    """Interface VPC endpoints to create, so AWS API traffic stays inside the VPC."""
+    flow_log_retention_days: LogRetentionDays = 30
+    """Retention of the VPC flow log group."""
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr_is_a_network(cls, value: str) -> str:
+        try:
+            network = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as error:
+            raise ValueError(f"not an IPv4 network address ({error}); e.g. 10.0.0.0/16") from None
+        if not 16 <= network.prefixlen <= 20:
+            raise ValueError("prefix length must be between /16 and /20")
+        if not network.is_private:
+            raise ValueError("must be a private (RFC 1918) range")
+        return value
+
+    @field_validator("interface_endpoints")
+    @classmethod
+    def _endpoints_unique(cls, value: list[str]) -> list[str]:
+        duplicates = sorted({name for name in value if value.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"listed more than once: {', '.join(duplicates)}")
+        return value
+
+
+class DataLakeConfig(StrictModel):
+    raw_to_intelligent_tiering_days: int = Field(default=30, ge=0, le=3650)
+    """Days after which raw-zone objects move to S3 Intelligent-Tiering (0: at once)."""
+    noncurrent_version_expiration_days: Days = 30
+    """Days a replaced or deleted object version is kept before it expires."""
+    access_log_retention_days: Days = 90
+    """Days S3 server access logs are kept in the logs bucket."""
+
+
+class CatalogConfig(StrictModel):
+    manage_catalog_encryption: bool = False
+    """Encrypt the account's Glue Data Catalog with the platform key. The setting is one per
+    account and region: enable it in exactly one environment of an account."""
+
+
+class OnlineStoreConfig(StrictModel):
+    prediction_ttl_days: Days = 7
+    """Time to live of rows in the predictions table; stale recommendations expire."""
+
+
+class PlatformConfig(StrictModel):
+    env_name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,14}[a-z0-9]$")
+    """Short environment name (2-16 lowercase letters, digits, dashes); part of every name."""
+    account: str | None = Field(default=None, pattern=r"^\d{12}$")
+    """12-digit AWS account; when empty the stacks deploy to the account of the credentials."""
+    region: str = Field(pattern=r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+    """AWS region, e.g. us-east-1."""
+    availability_zones: list[str] = Field(min_length=2, max_length=3)
+    """Availability zones of the region, named so synth never looks them up."""
+    protect_stateful_resources: bool
+    """True: stateful resources are retained on delete, stateful stacks have termination
+    protection and deletion protection is on where the service has it. False: they are
+    destroyed with their stack (buckets emptied first)."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra tags for every resource (owner, cost centre); the ml-platform: keys are reserved."""
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    data_lake: DataLakeConfig = Field(default_factory=DataLakeConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+
+    @field_validator("availability_zones")
+    @classmethod
+    def _zones_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("availability zones must be distinct")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.startswith(("ml-platform:", "aws:")) or not 1 <= len(key) <= 128:
+                raise ValueError(
+                    f"tag key {key!r} is not allowed: 1-128 characters, not starting with "
+                    "'ml-platform:' or 'aws:'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> PlatformConfig:
+        zone = re.compile(rf"^{re.escape(self.region)}[a-z]$")
+        for index, name in enumerate(self.availability_zones):
+            if not zone.match(name):
+                raise FieldError(
+                    ("availability_zones", index),
+                    name,
+                    f"must be a zone of region {self.region}, e.g. {self.region}a",
+                )
+        if self.network.nat_gateways > len(self.availability_zones):
+            raise FieldError(
+                ("network", "nat_gateways"),
+                self.network.nat_gateways,
+                f"at most one per availability zone ({len(self.availability_zones)})",
+            )
+        return self
+
+    @property
+    def resource_prefix(self) -> str:
+        """Prefix of named resources: `ml-platform-<env>`."""
+        return f"ml-platform-{self.env_name}"
+
+    @property
+    def snake_prefix(self) -> str:
+        """Prefix for services that allow only letters, digits and underscores."""
+        return f"ml_platform_{self.env_name.replace('-', '_')}"
+
+
+class FieldError(ValueError):
+    """A cross-field check that names the field it is about, not the model it runs on."""
+
+    def __init__(self, location: tuple[str | int, ...], value: object, message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.value = value
+        self.message = message

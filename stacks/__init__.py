@@ -1,0 +1,1 @@
+"""Deployment units: each stack composes constructs, wires them and grants access."""

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
+
+from cdk_constructs.base import stateful_removal_policy
+from cdk_constructs.data_catalog import DataCatalog
+from cdk_constructs.data_lake import DataLake
+from cdk_constructs.online_store import OnlineStore
+from platform_config import PlatformConfig
+
+
+class DataStack(Stack):
+    """Stateful data: the data lake, its catalog and the online store.
+
+    In a protected environment the stack has termination protection and its resources are
+    retained if it is ever deleted.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: PlatformConfig, **kwargs):
+        super().__init__(
+            scope,
+            construct_id,
+            termination_protection=config.protect_stateful_resources,
+            **kwargs,
+        )
+        removal_policy = stateful_removal_policy(protect=config.protect_stateful_resources)
+        self.data_lake = DataLake(
+            self,
+            "DataLake",
+            config=config.data_lake,
+            key_alias=f"alias/{config.resource_prefix}/data",
+            removal_policy=removal_policy,
+        )
+        self.catalog = DataCatalog(
+            self,
+            "DataCatalog",
+            name_prefix=config.snake_prefix,
+            registry_name=f"{config.resource_prefix}-events",
+            zone_locations={
+                "raw": self.data_lake.raw_bucket,
+                "curated": self.data_lake.curated_bucket,
+                "features": self.data_lake.curated_bucket,
+            },
+            encryption_key=self.data_lake.key,
+            manage_catalog_encryption=config.catalog.manage_catalog_encryption,
+            removal_policy=removal_policy,
+        )
+        self.online_store = OnlineStore(
+            self,
+            "OnlineStore",
+            keyspace_name=config.snake_prefix,
+            encryption_key=self.data_lake.key,
+            prediction_ttl_days=config.online_store.prediction_ttl_days,
+            removal_policy=removal_policy,
+        )
+
+        for name, bucket in {
+            "RawBucketName": self.data_lake.raw_bucket,
+            "CuratedBucketName": self.data_lake.curated_bucket,
+            "ArtifactsBucketName": self.data_lake.artifacts_bucket,
+        }.items():
+            CfnOutput(self, name, value=bucket.bucket_name)
+        CfnOutput(self, "DataKeyArn", value=self.data_lake.key.key_arn)
+        CfnOutput(self, "KeyspaceName", value=self.online_store.keyspace_name)

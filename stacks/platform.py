@@ -1,0 +1,46 @@
+"""Composes the platform's stacks for one environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import App, Environment, Tags, Validations
+from cdk_nag import AwsSolutionsChecks
+
+from cdk_constructs.base import ENV_TAG
+from platform_config import PlatformConfig
+from stacks.data_stack import DataStack
+from stacks.network_stack import NetworkStack
+
+
+@dataclass(frozen=True)
+class Platform:
+    network: NetworkStack
+    data: DataStack
+
+    @property
+    def stacks(self) -> list:
+        return [self.network, self.data]
+
+
+def build_platform(app: App, config: PlatformConfig) -> Platform:
+    """Adds every stack of the environment to `app` and registers the cdk-nag checks.
+
+    Synthesis (app.synth()) then fails on any unacknowledged AwsSolutions finding.
+    """
+    env = Environment(account=config.account, region=config.region)
+    prefix = config.resource_prefix
+
+    def stack_props(name: str) -> dict:
+        return {"stack_name": f"{prefix}-{name}", "env": env}
+
+    platform = Platform(
+        network=NetworkStack(app, f"{prefix}-network", config=config, **stack_props("network")),
+        data=DataStack(app, f"{prefix}-data", config=config, **stack_props("data")),
+    )
+
+    Tags.of(app).add(ENV_TAG, config.env_name)
+    for key, value in config.tags.items():
+        Tags.of(app).add(key, value)
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return platform

@@ -1,0 +1,68 @@
+"""Session-wide fixtures: each shipped environment is synthesized once and shared.
+
+Synthesis runs the cdk-nag AwsSolutions checks, so a fixture that builds at all has already
+passed them; the tests then read the synthesized templates, which costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aws_cdk import App
+from aws_cdk.assertions import Template
+from aws_cdk.cx_api import CloudAssembly
+
+from platform_config import PlatformConfig, load_config
+from stacks.platform import Platform, build_platform
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The feature flags of cdk.json, plus the path metadata the CLI asks for.
+CDK_CONTEXT = {
+    **json.loads((REPO_ROOT / "cdk.json").read_text())["context"],
+    "aws:cdk:enable-path-metadata": True,
+}
+
+
+@dataclass(frozen=True)
+class SynthesizedPlatform:
+    config: PlatformConfig
+    app: App
+    platform: Platform
+    assembly: CloudAssembly
+
+    def template(self, stack_attribute: str) -> Template:
+        return Template.from_stack(getattr(self.platform, stack_attribute))
+
+    def template_json(self, stack_attribute: str) -> dict:
+        stack = getattr(self.platform, stack_attribute)
+        return self.assembly.get_stack_by_name(stack.stack_name).template
+
+    @property
+    def template_files(self) -> list[Path]:
+        return [Path(self.assembly.directory) / s.template_file for s in self.assembly.stacks]
+
+
+def synthesize(config: PlatformConfig, outdir: Path) -> SynthesizedPlatform:
+    """Build and synthesize the app exactly as app.py does, with cdk.json's feature flags."""
+    app = App(context=CDK_CONTEXT, outdir=str(outdir))
+    platform = build_platform(app, config)
+    assembly = app.synth()
+    return SynthesizedPlatform(config=config, app=app, platform=platform, assembly=assembly)
+
+
+@pytest.fixture(scope="session")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedPlatform:
+    return synthesize(load_config(env="dev"), tmp_path_factory.mktemp("cdk-dev"))
+
+
+@pytest.fixture(scope="session")
+def prod(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedPlatform:
+    return synthesize(load_config(env="prod"), tmp_path_factory.mktemp("cdk-prod"))
+
+
+@pytest.fixture(scope="session", params=["dev", "prod"])
+def each_env(request: pytest.FixtureRequest) -> SynthesizedPlatform:
+    return request.getfixturevalue(request.param)

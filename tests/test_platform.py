@@ -1,0 +1,166 @@
+"""Platform-wide promises: the tag contract, cdk-nag, stack protection, pinned logical IDs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from aws_cdk import App
+from aws_cdk import aws_s3 as s3
+from cdk_nag import AwsSolutionsChecks
+from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+from cdk_constructs.base import CONTAINER_TAG, ENV_TAG, STEREOTYPE_TAG
+from platform_config import load_config
+from stacks.platform import build_platform
+from tests.conftest import CDK_CONTEXT
+
+# The brief's contract: construct id in a stack -> (container tag, stereotype tag).
+TAG_CONTRACT = {
+    "Network": ("network", "network"),
+    "DataLake": ("data-lake", "data-lake"),
+    "DataCatalog": ("hive-metastore", "data-catalog"),
+    "OnlineStore": ("cassandra", "online-store"),
+}
+
+# The CDK creates these singleton providers at stack scope as raw CfnResources, outside every
+# container and beyond the reach of Tags.of(); they are tiny deploy-time helpers.
+UNTAGGABLE_CDK_PROVIDERS = re.compile(r"^Custom[A-Za-z0-9]+CustomResourceProvider(Role|Handler)")
+
+# Stateful resources: a changed logical ID would replace them and lose their data.
+PINNED_DATA_LOGICAL_IDS = {
+    "DataLakeKey6ACD72F9": "AWS::KMS::Key",
+    "DataLakeLogsBucketC579BDB7": "AWS::S3::Bucket",
+    "DataLakeRawBucket881B694B": "AWS::S3::Bucket",
+    "DataLakeCuratedBucketFF1C9EA8": "AWS::S3::Bucket",
+    "DataLakeArtifactsBucket98FD8488": "AWS::S3::Bucket",
+    "DataCatalogRawDatabaseCA4BC603": "AWS::Glue::Database",
+    "DataCatalogCuratedDatabaseBCD3463E": "AWS::Glue::Database",
+    "DataCatalogFeaturesDatabaseF652FCD6": "AWS::Glue::Database",
+    "DataCatalogSchemaRegistryF0D5B7F9": "AWS::Glue::Registry",
+    "OnlineStoreKeyspace30C26C2C": "AWS::Cassandra::Keyspace",
+    "OnlineStoreMemberProfileTableE2C7787A": "AWS::Cassandra::Table",
+    "OnlineStorePredictionsTable2A822C14": "AWS::Cassandra::Table",
+}
+
+
+def is_taggable(region: str, cfn_type: str) -> bool:
+    if cfn_type.startswith("Custom::") or cfn_type == "AWS::CDK::Metadata":
+        return False
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(region, cfn_type).schema
+    return schema.get("tagging", {}).get("taggable", "Tags" in schema.get("properties", {}))
+
+
+def tag_map(resource: dict) -> dict[str, str]:
+    tags = resource.get("Properties", {}).get("Tags", [])
+    if isinstance(tags, dict):  # a few L1 types take a plain map
+        return tags
+    return {tag["Key"]: tag["Value"] for tag in tags}
+
+
+@pytest.mark.parametrize("stack", ["network", "data"])
+def test_every_taggable_resource_carries_the_tag_contract(each_env, stack):
+    resources = each_env.template_json(stack)["Resources"]
+    checked = 0
+    for logical_id, resource in resources.items():
+        if UNTAGGABLE_CDK_PROVIDERS.match(logical_id):
+            continue
+        if not is_taggable(each_env.config.region, resource["Type"]):
+            continue
+        construct_id = resource["Metadata"]["aws:cdk:path"].split("/")[1]
+        container, stereotype = TAG_CONTRACT[construct_id]
+        tags = tag_map(resource)
+        assert tags.get(CONTAINER_TAG) == container, logical_id
+        assert tags.get(STEREOTYPE_TAG) == stereotype, logical_id
+        assert tags.get(ENV_TAG) == each_env.config.env_name, logical_id
+        checked += 1
+    assert checked >= 5
+
+
+def test_only_the_cdk_providers_are_exempt(dev):
+    exempt = [
+        lid
+        for stack in ("network", "data")
+        for lid in dev.template_json(stack)["Resources"]
+        if UNTAGGABLE_CDK_PROVIDERS.match(lid)
+    ]
+    assert sorted(exempt) == [
+        "CustomS3AutoDeleteObjectsCustomResourceProviderHandler9D90184F",
+        "CustomS3AutoDeleteObjectsCustomResourceProviderRole3B1BD092",
+        "CustomVpcRestrictDefaultSGCustomResourceProviderHandlerDC833E5E",
+        "CustomVpcRestrictDefaultSGCustomResourceProviderRole26592FE0",
+    ]
+
+
+def test_user_tags_reach_every_resource(tmp_path):
+    config = load_config(env="dev").model_copy(update={"tags": {"cost-center": "ml-42"}})
+    app = App(context=CDK_CONTEXT, outdir=str(tmp_path))
+    platform = build_platform(app, config)
+    bucket = platform.data.node.find_child("DataLake").node.find_child("RawBucket")
+    assembly = app.synth()
+    template = assembly.get_stack_by_name(platform.data.stack_name).template
+    raw = template["Resources"][platform.data.get_logical_id(bucket.node.default_child)]
+    assert tag_map(raw)["cost-center"] == "ml-42"
+
+
+def test_synth_fails_on_an_unacknowledged_nag_finding(tmp_path):
+    app = App(context=CDK_CONTEXT, outdir=str(tmp_path))
+    platform = build_platform(app, load_config(env="dev"))
+    s3.Bucket(platform.data, "CarelessBucket")  # no TLS enforcement, no access logs
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    report = (tmp_path / "validation-report.json").read_text()
+    assert "AwsSolutions-S10" in report
+    assert "CarelessBucket" in report
+
+
+def test_shipped_environments_pass_awssolutions(each_env):
+    report = AwsSolutionsChecks().validate_scope(each_env.app)
+    assert report.success, [v.rule_name for v in report.violations]
+
+
+def acknowledgments(app: App) -> list[tuple[str, str, str]]:
+    found = []
+    for construct in app.node.find_all():
+        for entry in construct.node.metadata:
+            if entry.type == "aws:cdk:acknowledged-rules":
+                for rule, reason in entry.data.items():
+                    found.append((construct.node.path, rule.split("::")[-1], reason))
+    return found
+
+
+def test_acknowledgments_give_specific_reasons(each_env):
+    found = acknowledgments(each_env.app)
+    assert found, "expected at least the logs bucket's acknowledgment"
+    for path, rule, reason in found:
+        rule_words = {rule.lower(), rule.split("-")[-1].lower(), "awssolutions"}
+        specific = " ".join(w for w in reason.lower().split() if w.strip(".,:") not in rule_words)
+        assert len(specific) >= 20, f"{path}: vague reason for {rule}: {reason!r}"
+
+
+def test_stateful_stack_is_protected_only_in_prod(dev, prod):
+    assert prod.platform.data.termination_protection is True
+    assert dev.platform.data.termination_protection is False
+    # The network is stateless and can be recreated.
+    assert prod.platform.network.termination_protection is False
+
+
+def test_stacks_are_named_for_the_environment_and_pinned_to_its_region(each_env):
+    prefix = f"ml-platform-{each_env.config.env_name}"
+    assert [s.stack_name for s in each_env.platform.stacks] == [
+        f"{prefix}-network",
+        f"{prefix}-data",
+    ]
+    for stack in each_env.platform.stacks:
+        assert stack.region == each_env.config.region
+
+
+def test_data_stack_does_not_depend_on_the_network(each_env):
+    """Both deploy in parallel with `cdk deploy --all --concurrency N`."""
+    assert each_env.platform.data.dependencies == []
+
+
+def test_stateful_logical_ids_are_pinned(each_env):
+    resources = each_env.template_json("data")["Resources"]
+    for logical_id, cfn_type in PINNED_DATA_LOGICAL_IDS.items():
+        assert resources.get(logical_id, {}).get("Type") == cfn_type, logical_id
