@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import ClassVar
 
-from aws_cdk import Acknowledgment, RemovalPolicy, Tags, Validations
+import jsii
+from aws_cdk import Acknowledgment, Aspects, IAspect, RemovalPolicy, Tags, Validations
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
+from cdk_nag import AwsSolutionsChecks
 from constructs import Construct, IConstruct
 
 from platform_config.model import LogRetentionDays
@@ -54,3 +58,37 @@ _RETENTION_BY_DAYS = dict(
 def log_retention(days: int) -> logs.RetentionDays:
     """The RetentionDays member for a period the config model has already validated."""
     return _RETENTION_BY_DAYS[days]
+
+
+@jsii.implements(IAspect)
+class AcknowledgeWildcardGrants:
+    """Acknowledges the IAM5 (wildcard) findings of a role's policies that match an expected
+    pattern, each with the reason given for its pattern; any other finding still fails synth.
+
+    cdk-nag needs one acknowledgment per finding, and a finding's id embeds the resolved ARN
+    (`AwsSolutions-IAM5[Resource::<Bucket.Arn>/prefix/*]`), which is only known once the
+    templates resolve. This aspect asks the pack for the findings at synth time, after every
+    grant has been made, instead of hard-coding token strings.
+    """
+
+    def __init__(self, expected: dict[str, str]) -> None:
+        self._expected = [(re.compile(pattern), reason) for pattern, reason in expected.items()]
+
+    def visit(self, node: IConstruct) -> None:
+        if not isinstance(node, iam.CfnPolicy):
+            return
+        report = AwsSolutionsChecks().validate_scope(node)
+        for violation in report.violations:
+            finding = violation.rule_name
+            if not finding.startswith("AwsSolutions-IAM5["):
+                continue
+            detail = finding.removeprefix("AwsSolutions-IAM5[").removesuffix("]")
+            for pattern, reason in self._expected:
+                if pattern.fullmatch(detail):
+                    acknowledge(node, finding, reason)
+                    break
+
+
+def acknowledge_wildcard_grants(role: iam.IRole, expected: dict[str, str]) -> None:
+    """Expect wildcard findings on `role`'s policies: {regex of the finding detail: reason}."""
+    Aspects.of(role).add(AcknowledgeWildcardGrants(expected))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_glue as glue
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_constructs.base import PlatformContainer
+from platform_config.model import KafkaTopicConfig
 
 ZONES = ("raw", "curated", "features")
 
@@ -16,6 +18,9 @@ ZONES = ("raw", "curated", "features")
 class DataCatalog(PlatformContainer):
     """Glue Data Catalog databases for the raw, curated and features zones, used by EMR as its
     Hive metastore, and a Glue Schema Registry for the event topics.
+
+    Each event topic's Avro schema is registered with the topic's name and compatibility mode,
+    so producers and the streaming job validate against one source of truth.
 
     Glue has no stable L2 construct for databases or registries, so this construct owns the
     L1 resources. Secure defaults:
@@ -37,6 +42,7 @@ class DataCatalog(PlatformContainer):
         zone_locations: dict[str, s3.IBucket],
         encryption_key: kms.IKey,
         manage_catalog_encryption: bool,
+        topics: list[KafkaTopicConfig],
         removal_policy: RemovalPolicy,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -69,6 +75,8 @@ class DataCatalog(PlatformContainer):
             description="Avro schemas of the platform's event topics",
         )
         self.schema_registry.apply_removal_policy(removal_policy)
+        self.schemas: dict[str, glue.CfnSchema] = {}
+        self._register_schemas(topics)
 
         if manage_catalog_encryption:
             glue.CfnDataCatalogEncryptionSettings(
@@ -87,12 +95,49 @@ class DataCatalog(PlatformContainer):
                 ),
             )
 
-    def database_arn(self, zone: str) -> str:
-        return Stack.of(self).format_arn(
-            service="glue", resource="database", resource_name=self.database_names[zone]
+    def grant_table_maintenance(
+        self, grantee: iam.IGrantable, *, zones: tuple[str, ...]
+    ) -> iam.Grant:
+        """Read, create and update tables and their partitions in the `zones` databases; no
+        deletes and no other database."""
+        stack = Stack.of(self)
+        resources = [stack.format_arn(service="glue", resource="catalog")]
+        for zone in zones:
+            name = self.database_names[zone]
+            resources += [
+                stack.format_arn(service="glue", resource="database", resource_name=name),
+                stack.format_arn(service="glue", resource="table", resource_name=f"{name}/*"),
+            ]
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=[
+                "glue:GetDatabase",
+                "glue:GetDatabases",
+                "glue:GetTable",
+                "glue:GetTables",
+                "glue:CreateTable",
+                "glue:UpdateTable",
+                "glue:GetPartition",
+                "glue:GetPartitions",
+                "glue:BatchGetPartition",
+                "glue:CreatePartition",
+                "glue:BatchCreatePartition",
+                "glue:UpdatePartition",
+                "glue:BatchUpdatePartition",
+            ],
+            resource_arns=resources,
         )
 
-    def tables_arn(self, zone: str) -> str:
-        return Stack.of(self).format_arn(
-            service="glue", resource="table", resource_name=f"{self.database_names[zone]}/*"
-        )
+    def _register_schemas(self, topics: list[KafkaTopicConfig]) -> None:
+        for topic in topics:
+            schema = glue.CfnSchema(
+                self,
+                f"Schema{''.join(p.capitalize() for p in topic.name.replace('.', '-').split('-'))}",
+                name=topic.name,
+                registry=glue.CfnSchema.RegistryProperty(arn=self.schema_registry.attr_arn),
+                data_format="AVRO",
+                compatibility=topic.schema_compatibility,
+                schema_definition=topic.schema_definition,
+                description=f"Values of the {topic.name} topic ({topic.schema_file})",
+            )
+            self.schemas[topic.name] = schema

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_constructs.base import PlatformContainer, acknowledge
 from platform_config.model import DataLakeConfig
+
+ZONES = ("raw", "curated", "artifacts", "logs")
+
+
+def bucket_name(name_prefix: str, zone: str) -> str:
+    """The data lake's deterministic bucket name for `zone` in this account and region.
+
+    Other stacks import buckets by this name rather than by cross-stack reference, so their
+    IAM policies name the bucket literally and their stacks stay decoupled from exports.
+    """
+    if zone not in ZONES:
+        raise ValueError(f"unknown data lake zone {zone!r}; zones: {', '.join(ZONES)}")
+    return f"{name_prefix}-{zone}-{Aws.ACCOUNT_ID}-{Aws.REGION}"
+
 
 # Incomplete multipart uploads hold storage that no object accounts for.
 _ABORT_UPLOADS_AFTER = Duration.days(7)
@@ -37,6 +51,7 @@ class DataLake(PlatformContainer):
         construct_id: str,
         *,
         config: DataLakeConfig,
+        bucket_name_prefix: str,
         key_alias: str,
         removal_policy: RemovalPolicy,
     ) -> None:
@@ -59,6 +74,7 @@ class DataLake(PlatformContainer):
         self.logs_bucket = s3.Bucket(
             self,
             "LogsBucket",
+            bucket_name=bucket_name(bucket_name_prefix, "logs"),
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
@@ -87,6 +103,7 @@ class DataLake(PlatformContainer):
             return s3.Bucket(
                 self,
                 f"{zone.capitalize()}Bucket",
+                bucket_name=bucket_name(bucket_name_prefix, zone),
                 encryption=s3.BucketEncryption.KMS,
                 encryption_key=self.key,
                 bucket_key_enabled=True,

@@ -93,7 +93,8 @@ def _describe(error: ValidationError) -> str:
     message = first["msg"]
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, FieldError):
-        location, value, message = cause.location, cause.value, cause.message
+        # The check ran on the model at `location`; its own location is relative to that.
+        location, value, message = location + cause.location, cause.value, cause.message
     elif first["type"] == "extra_forbidden":
         allowed = _allowed_keys(PlatformConfig, location[:-1])
         message = f"unknown key; allowed keys here: {', '.join(allowed)}"

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from platform_config.instance_types import (
+    EMR_INSTANCE_TYPES,
+    MSK_BROKER_TYPES,
+    MSK_BURSTABLE_TYPES,
+    check_instance_type,
+)
 
 # CloudWatch Logs accepts only these retention periods (days).
 LogRetentionDays = Literal[
@@ -27,6 +35,8 @@ InterfaceEndpointName = Literal[
 ]  # fmt: skip
 
 Days = Annotated[int, Field(ge=1, le=3650)]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class StrictModel(BaseModel):
@@ -87,6 +97,140 @@ class OnlineStoreConfig(StrictModel):
     """Time to live of rows in the predictions table; stale recommendations expire."""
 
 
+SchemaCompatibility = Literal[
+    "NONE", "BACKWARD", "BACKWARD_ALL", "FORWARD", "FORWARD_ALL", "FULL", "FULL_ALL"
+]
+
+
+class KafkaTopicConfig(StrictModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9._-]{1,249}$")
+    """Topic name; also the name of its schema in the registry."""
+    partitions: int = Field(ge=1, le=1000)
+    retention_hours: int = Field(default=168, ge=1, le=8760)
+    schema_file: str = Field(pattern=r"^schemas/avro/[a-z0-9_]+\.avsc$")
+    """Avro schema of the topic's values, relative to the repository root."""
+    schema_compatibility: SchemaCompatibility = "BACKWARD"
+    """How the registry checks a new schema version against the previous ones."""
+
+    @field_validator("schema_file")
+    @classmethod
+    def _schema_exists(cls, value: str) -> str:
+        if not (REPO_ROOT / value).is_file():
+            raise ValueError("no such file in the repository")
+        return value
+
+    @property
+    def schema_definition(self) -> str:
+        return (REPO_ROOT / self.schema_file).read_text(encoding="utf-8")
+
+
+class KafkaConfig(StrictModel):
+    kafka_version: Literal["3.8.x", "3.9.x"] = "3.9.x"
+    broker_instance_type: str = "kafka.m7g.large"
+    """An MSK broker type, e.g. kafka.t3.small or kafka.m7g.large."""
+    brokers_per_zone: int = Field(default=1, ge=1, le=10)
+    ebs_volume_gib: int = Field(default=100, ge=1, le=16384)
+    storage_autoscaling_max_gib: int | None = Field(default=None, ge=2, le=16384)
+    """Upper bound of broker storage auto-scaling; empty turns it off."""
+    monitoring_level: Literal[
+        "DEFAULT", "PER_BROKER", "PER_TOPIC_PER_BROKER", "PER_TOPIC_PER_PARTITION"
+    ] = "DEFAULT"
+    replication_factor: int = Field(default=3, ge=1, le=3)
+    min_insync_replicas: int = Field(default=2, ge=1, le=3)
+    log_retention_days: LogRetentionDays = 30
+    """Retention of the broker log group."""
+    producer_cidrs: list[str] = Field(default_factory=list)
+    """Private networks (e.g. the streaming platform's VPC) allowed to reach the brokers."""
+    topics: list[KafkaTopicConfig] = Field(min_length=1)
+
+    @field_validator("broker_instance_type")
+    @classmethod
+    def _broker_type(cls, value: str) -> str:
+        return check_instance_type(value, MSK_BROKER_TYPES, "Amazon MSK")
+
+    @field_validator("producer_cidrs")
+    @classmethod
+    def _producer_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                network = ipaddress.IPv4Network(cidr, strict=True)
+            except ValueError as error:
+                raise ValueError(f"{cidr!r} is not an IPv4 network address ({error})") from None
+            if not network.is_private:
+                raise ValueError(f"{cidr!r} is not a private range: brokers are never public")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaConfig:
+        if self.min_insync_replicas > self.replication_factor:
+            raise FieldError(
+                ("min_insync_replicas",),
+                self.min_insync_replicas,
+                f"must not exceed replication_factor ({self.replication_factor})",
+            )
+        if self.storage_autoscaling_max_gib is not None:
+            if self.broker_instance_type in MSK_BURSTABLE_TYPES:
+                raise FieldError(
+                    ("storage_autoscaling_max_gib",),
+                    self.storage_autoscaling_max_gib,
+                    f"{self.broker_instance_type} brokers do not support storage auto-scaling; "
+                    "leave it empty or use an m5/m7g broker type",
+                )
+            if self.storage_autoscaling_max_gib <= self.ebs_volume_gib:
+                raise FieldError(
+                    ("storage_autoscaling_max_gib",),
+                    self.storage_autoscaling_max_gib,
+                    f"must be larger than ebs_volume_gib ({self.ebs_volume_gib})",
+                )
+        names = [topic.name for topic in self.topics]
+        if len(set(names)) != len(names):
+            raise FieldError(("topics",), names, "topic names must be distinct")
+        return self
+
+
+def _emr_type(value: str) -> str:
+    return check_instance_type(value, EMR_INSTANCE_TYPES, "Amazon EMR")
+
+
+class EmrClusterConfig(StrictModel):
+    release_label: str = Field(default="emr-7.13.0", pattern=r"^emr-7\.\d+\.\d+$")
+    """An Amazon EMR 7.x release label."""
+    primary_instance_type: str = "m7g.xlarge"
+    core_instance_type: str = "m7g.xlarge"
+    core_instance_count: int = Field(default=1, ge=1, le=100)
+    task_instance_types: list[str] = Field(default_factory=list, max_length=5)
+    """Instance types of the task fleet (empty: no task fleet)."""
+    task_use_spot: bool = True
+    """Task nodes on spot capacity, falling back to on-demand when spot is not available."""
+    max_capacity_units: int = Field(default=4, ge=1, le=1000)
+    """Managed scaling's upper bound, in instance fleet units (1 unit per instance)."""
+    idle_timeout_minutes: int | None = Field(default=None, ge=1, le=10080)
+    """Terminate the cluster after this long without work; empty keeps it running."""
+    ebs_volume_gib: int = Field(default=64, ge=32, le=2048)
+
+    @field_validator("primary_instance_type", "core_instance_type")
+    @classmethod
+    def _node_type(cls, value: str) -> str:
+        return _emr_type(value)
+
+    @field_validator("task_instance_types")
+    @classmethod
+    def _task_types(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _emr_type(name)
+        return value
+
+    @model_validator(mode="after")
+    def _capacity(self) -> EmrClusterConfig:
+        if self.max_capacity_units < self.core_instance_count:
+            raise FieldError(
+                ("max_capacity_units",),
+                self.max_capacity_units,
+                f"must be at least core_instance_count ({self.core_instance_count})",
+            )
+        return self
+
+
 class PlatformConfig(StrictModel):
     env_name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,14}[a-z0-9]$")
     """Short environment name (2-16 lowercase letters, digits, dashes); part of every name."""
@@ -106,6 +250,9 @@ class PlatformConfig(StrictModel):
     data_lake: DataLakeConfig = Field(default_factory=DataLakeConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    kafka: KafkaConfig
+    flink: EmrClusterConfig
+    spark: EmrClusterConfig
 
     @field_validator("availability_zones")
     @classmethod
@@ -135,6 +282,13 @@ class PlatformConfig(StrictModel):
                     name,
                     f"must be a zone of region {self.region}, e.g. {self.region}a",
                 )
+        brokers = self.kafka.brokers_per_zone * len(self.availability_zones)
+        if self.kafka.replication_factor > brokers:
+            raise FieldError(
+                ("kafka", "replication_factor"),
+                self.kafka.replication_factor,
+                f"at most the number of brokers ({brokers})",
+            )
         if self.network.nat_gateways > len(self.availability_zones):
             raise FieldError(
                 ("network", "nat_gateways"),
@@ -147,6 +301,11 @@ class PlatformConfig(StrictModel):
     def resource_prefix(self) -> str:
         """Prefix of named resources: `ml-platform-<env>`."""
         return f"ml-platform-{self.env_name}"
+
+    @property
+    def bucket_prefix(self) -> str:
+        """Short prefix of bucket names, which are global and at most 63 characters."""
+        return f"mlp-{self.env_name}"
 
     @property
     def snake_prefix(self) -> str:

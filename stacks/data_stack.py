@@ -29,6 +29,7 @@ class DataStack(Stack):
             self,
             "DataLake",
             config=config.data_lake,
+            bucket_name_prefix=config.bucket_prefix,
             key_alias=f"alias/{config.resource_prefix}/data",
             removal_policy=removal_policy,
         )
@@ -44,6 +45,7 @@ class DataStack(Stack):
             },
             encryption_key=self.data_lake.key,
             manage_catalog_encryption=config.catalog.manage_catalog_encryption,
+            topics=config.kafka.topics,
             removal_policy=removal_policy,
         )
         self.online_store = OnlineStore(

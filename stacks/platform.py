@@ -11,16 +11,20 @@ from cdk_constructs.base import ENV_TAG
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
+from stacks.processing_stack import ProcessingStack
+from stacks.streaming_stack import StreamingStack
 
 
 @dataclass(frozen=True)
 class Platform:
     network: NetworkStack
     data: DataStack
+    streaming: StreamingStack
+    processing: ProcessingStack
 
     @property
     def stacks(self) -> list:
-        return [self.network, self.data]
+        return [self.network, self.data, self.streaming, self.processing]
 
 
 def build_platform(app: App, config: PlatformConfig) -> Platform:
@@ -34,10 +38,26 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
     def stack_props(name: str) -> dict:
         return {"stack_name": f"{prefix}-{name}", "env": env}
 
-    platform = Platform(
-        network=NetworkStack(app, f"{prefix}-network", config=config, **stack_props("network")),
-        data=DataStack(app, f"{prefix}-data", config=config, **stack_props("data")),
+    network = NetworkStack(app, f"{prefix}-network", config=config, **stack_props("network"))
+    data = DataStack(app, f"{prefix}-data", config=config, **stack_props("data"))
+    streaming = StreamingStack(
+        app,
+        f"{prefix}-streaming",
+        config=config,
+        network=network,
+        data=data,
+        **stack_props("streaming"),
     )
+    processing = ProcessingStack(
+        app,
+        f"{prefix}-processing",
+        config=config,
+        network=network,
+        data=data,
+        streaming=streaming,
+        **stack_props("processing"),
+    )
+    platform = Platform(network=network, data=data, streaming=streaming, processing=processing)
 
     Tags.of(app).add(ENV_TAG, config.env_name)
     for key, value in config.tags.items():

@@ -102,6 +102,46 @@ def test_user_file_merges_over_the_chosen_env(tmp_path):
         ("env_name: Dev_1\n", "env_name = 'Dev_1': String should match pattern"),
         ("tags:\n  'ml-platform:env': x\n", "tags = {'ml-platform:env': 'x'}: tag key"),
         ("data_lake:\n  access_log_retention_days: 0\n", "data_lake.access_log_retention_days"),
+        (
+            "kafka:\n  broker_instance_type: m7g.large\n",
+            "kafka.broker_instance_type = 'm7g.large': not an instance type Amazon MSK supports; "
+            "families: kafka.m5, kafka.m7g, kafka.t3",
+        ),
+        (
+            "spark:\n  core_instance_type: t3.micro\n",
+            "spark.core_instance_type = 't3.micro': not an instance type Amazon EMR supports",
+        ),
+        (
+            "flink:\n  task_instance_types: [m7g.xlarge, p9.huge]\n",
+            "flink.task_instance_types = ['m7g.xlarge', 'p9.huge']: not an instance type",
+        ),
+        ("spark:\n  release_label: emr-6.15.0\n", "spark.release_label = 'emr-6.15.0': String"),
+        (
+            "spark:\n  max_capacity_units: 1\n  core_instance_count: 2\n",
+            "spark.max_capacity_units = 1: must be at least core_instance_count (2)",
+        ),
+        (
+            "kafka:\n  min_insync_replicas: 3\n",
+            "kafka.min_insync_replicas = 3: must not exceed replication_factor (2)",
+        ),
+        (
+            "kafka:\n  replication_factor: 3\n  min_insync_replicas: 2\n",
+            "kafka.replication_factor = 3: at most the number of brokers (2)",
+        ),
+        (
+            "kafka:\n  storage_autoscaling_max_gib: 100\n",
+            "kafka.storage_autoscaling_max_gib = 100: kafka.t3.small brokers do not support",
+        ),
+        ("kafka:\n  producer_cidrs: [0.0.0.0/0]\n", "is not a private range: brokers are never"),
+        (
+            "kafka:\n  topics:\n    - name: t\n      partitions: 1\n"
+            "      schema_file: schemas/avro/missing.avsc\n",
+            "kafka.topics.0.schema_file = 'schemas/avro/missing.avsc': no such file",
+        ),
+        (
+            "kafka:\n  topics: []\n",
+            "kafka.topics = []: List should have at least 1 item",
+        ),
     ],
 )
 def test_bad_values_name_the_field_the_value_and_what_is_allowed(tmp_path, override, expected):

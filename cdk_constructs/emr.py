@@ -1,0 +1,385 @@
+"""What the Flink and Spark containers share: a hardened EMR cluster on instance fleets."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from aws_cdk import Stack, Tags
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_emr as emr
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_deployment as s3_deployment
+from constructs import Construct
+
+from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wildcard_grants
+from platform_config.model import EmrClusterConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# EMR's v2 managed policies act only on resources carrying this tag.
+EMR_MANAGED_TAG = ("for-use-with-amazon-emr-managed-policies", "true")
+
+# Construct id of the CDK's BucketDeployment handler Lambda (fixed by the CDK).
+_BUCKET_DEPLOYMENT_SINGLETON = "Custom::CDKBucketDeployment8693BB64968944B69AAFB0CC9EB8756C"
+
+# Where the PEM certificates for EMR in-transit encryption live in the artifacts bucket.
+TLS_CERTIFICATES_KEY = "emr/tls/certificates.zip"
+
+
+class EmrCluster(PlatformContainer):
+    """An EMR 7.x cluster in private subnets, configured by a subclass.
+
+    Secure defaults:
+    - an EMR security configuration: S3 (EMRFS) and local disks (EBS included) encrypted with
+      the platform KMS key, TLS in transit between nodes, IMDSv2 only;
+    - no key pair and no SSH: work arrives as EMR steps through the IAM-authorized EMR API;
+    - primary, core and task nodes in the private compute subnets, with EMR-managed security
+      groups created here (plus the service-access group private subnets need);
+    - logs to this cluster's prefix of the logs bucket;
+    - a service role with the v2 EMR managed policy (scoped by tag) and an instance role that
+      starts with nothing but reading its own code; everything else is granted by the stack.
+    """
+
+    applications: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EmrClusterConfig,
+        cluster_name: str,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        encryption_key: kms.IKey,
+        logs_bucket: s3.IBucket,
+        artifacts_bucket: s3.IBucket,
+        code_directories: dict[str, Path],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.cluster_name = cluster_name
+        self.artifacts_bucket = artifacts_bucket
+        self.code_prefix = f"code/{self.container}/"
+        Tags.of(self).add(*EMR_MANAGED_TAG)
+
+        self.instance_role = iam.Role(
+            self,
+            "InstanceRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"EMR nodes of {cluster_name}",
+        )
+        instance_profile = iam.CfnInstanceProfile(
+            self, "InstanceProfile", roles=[self.instance_role.role_name]
+        )
+        self.service_role = iam.Role(
+            self,
+            "ServiceRole",
+            assumed_by=iam.ServicePrincipal("elasticmapreduce.amazonaws.com"),
+            description=f"EMR service role of {cluster_name}",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(
+                    "service-role/AmazonEMRServicePolicy_v2"
+                )
+            ],
+        )
+        acknowledge(
+            self.service_role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEMRServicePolicy_v2]",
+            "AWS's v2 EMR service policy acts only on resources tagged "
+            "for-use-with-amazon-emr-managed-policies, which this construct sets.",
+        )
+        self.instance_role.grant_pass_role(self.service_role)
+        # EMR launches the nodes' encrypted EBS volumes, so it needs grants on the key.
+        encryption_key.grant(self.service_role, "kms:CreateGrant", "kms:DescribeKey")
+        encryption_key.grant_encrypt_decrypt(self.instance_role)
+        encryption_key.grant(self.instance_role, "kms:CreateGrant", "kms:DescribeKey")
+
+        acknowledge_wildcard_grants(
+            self.instance_role,
+            {
+                r"Action::kms:(GenerateDataKey|ReEncrypt)\*": (
+                    "Data-key and re-encrypt calls on the platform key only, needed for "
+                    "SSE-KMS objects and the encrypted EBS volumes of the nodes."
+                ),
+                r"Action::s3:(GetObject|GetBucket|List|Abort|DeleteObject)\*": (
+                    "The CDK's S3 grant action groups, each limited to the bucket prefixes "
+                    "granted to this cluster."
+                ),
+                rf"Resource::.*/emr/{re.escape(cluster_name)}/\*": (
+                    "EMR writes this cluster's logs as objects under its own log prefix."
+                ),
+                rf"Resource::.*/{re.escape(self.code_prefix)}\*": (
+                    "Nodes read this cluster's job code as objects under its code prefix."
+                ),
+            },
+        )
+        self.log_prefix = f"emr/{cluster_name}/"
+        logs_bucket.grant_put(self.instance_role, f"{self.log_prefix}*")
+        artifacts_bucket.grant_read(self.instance_role, f"{self.code_prefix}*")
+        artifacts_bucket.grant_read(self.instance_role, TLS_CERTIFICATES_KEY)
+
+        # One deployment per directory keeps its folder name under the cluster's code prefix.
+        self.code_deployments = [
+            s3_deployment.BucketDeployment(
+                self,
+                f"{name.capitalize()}Code",
+                sources=[s3_deployment.Source.asset(str(path), exclude=["**/__pycache__"])],
+                destination_bucket=artifacts_bucket,
+                destination_key_prefix=f"{self.code_prefix}{name}/",
+                prune=True,
+                retain_on_delete=False,
+            )
+            for name, path in code_directories.items()
+        ]
+
+        self.primary_security_group = self._security_group("Primary", vpc, "EMR primary node")
+        self.worker_security_group = self._security_group("Worker", vpc, "EMR core and task nodes")
+        service_access = self._security_group("ServiceAccess", vpc, "EMR service access")
+        # EMR's service reaches the primary node on 9443 in private subnets.
+        service_access.add_ingress_rule(self.primary_security_group, ec2.Port.tcp(9443))
+        self.connections = ec2.Connections(
+            security_groups=[self.primary_security_group, self.worker_security_group]
+        )
+
+        security_configuration = emr.CfnSecurityConfiguration(
+            self,
+            "SecurityConfiguration",
+            name=f"{cluster_name}-security",
+            security_configuration=_security_configuration(
+                encryption_key.key_arn, artifacts_bucket.s3_url_for_object(TLS_CERTIFICATES_KEY)
+            ),
+        )
+
+        subnet_ids = vpc.select_subnets(subnet_group_name=subnets.subnet_group_name).subnet_ids
+        self.cluster = emr.CfnCluster(
+            self,
+            "Cluster",
+            name=cluster_name,
+            release_label=config.release_label,
+            applications=[
+                emr.CfnCluster.ApplicationProperty(name=app) for app in self.applications
+            ],
+            configurations=self.configurations(),
+            service_role=self.service_role.role_arn,
+            job_flow_role=instance_profile.ref,
+            security_configuration=security_configuration.name,
+            log_uri=logs_bucket.s3_url_for_object(self.log_prefix),
+            visible_to_all_users=True,
+            step_concurrency_level=1,
+            ebs_root_volume_size=32,
+            instances=emr.CfnCluster.JobFlowInstancesConfigProperty(
+                ec2_subnet_ids=subnet_ids,
+                emr_managed_master_security_group=self.primary_security_group.security_group_id,
+                emr_managed_slave_security_group=self.worker_security_group.security_group_id,
+                service_access_security_group=service_access.security_group_id,
+                keep_job_flow_alive_when_no_steps=True,
+                termination_protected=False,
+                master_instance_fleet=_fleet("primary", config.primary_instance_type, 1, config),
+                core_instance_fleet=_fleet(
+                    "core", config.core_instance_type, config.core_instance_count, config
+                ),
+            ),
+            bootstrap_actions=[
+                emr.CfnCluster.BootstrapActionConfigProperty(
+                    name="install-job-code",
+                    script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
+                        path=artifacts_bucket.s3_url_for_object(
+                            f"{self.code_prefix}jobs/emr/install_job_code.sh"
+                        ),
+                        args=[artifacts_bucket.s3_url_for_object(self.code_prefix)],
+                    ),
+                )
+            ],
+            managed_scaling_policy=emr.CfnCluster.ManagedScalingPolicyProperty(
+                compute_limits=emr.CfnCluster.ComputeLimitsProperty(
+                    # Core and task units; the core fleet stays fixed, tasks absorb the load
+                    # and, with spot, are the only units managed scaling buys on spot.
+                    unit_type="InstanceFleetUnits",
+                    minimum_capacity_units=config.core_instance_count,
+                    maximum_capacity_units=config.max_capacity_units,
+                    maximum_core_capacity_units=config.core_instance_count,
+                    maximum_on_demand_capacity_units=(
+                        config.core_instance_count
+                        if config.task_use_spot
+                        else config.max_capacity_units
+                    ),
+                )
+            ),
+            auto_termination_policy=(
+                emr.CfnCluster.AutoTerminationPolicyProperty(
+                    idle_timeout=config.idle_timeout_minutes * 60
+                )
+                if config.idle_timeout_minutes
+                else None
+            ),
+        )
+        for deployment in self.code_deployments:
+            self.cluster.node.add_dependency(deployment)
+        self.cluster.add_resource_dependency(security_configuration)
+        _acknowledge_deployment_handler(self)
+        self.cluster.node.add_dependency(self.instance_role)
+        for rule, what in (("EMR4", "local-disk"), ("EMR5", "in-transit")):
+            acknowledge(
+                self.cluster,
+                f"AwsSolutions-{rule}",
+                f"SecurityConfiguration enables {what} encryption under EncryptionConfiguration, "
+                "where EMR's API expects it; the rule looks for the keys at the document's top "
+                "level and cannot see them (tests check the document instead).",
+            )
+        acknowledge(
+            self.cluster,
+            "AwsSolutions-EMR6",
+            "No interactive login by design: no EC2 key pair and no SSH ingress; jobs are "
+            "submitted as EMR steps through the EMR API, which IAM authorizes.",
+        )
+
+        if config.task_instance_types:
+            emr.CfnInstanceFleetConfig(
+                self,
+                "TaskFleet",
+                cluster_id=self.cluster.ref,
+                instance_fleet_type="TASK",
+                name="task",
+                # Managed scaling sizes the task fleet; it starts empty.
+                target_spot_capacity=0,
+                target_on_demand_capacity=0,
+                instance_type_configs=[
+                    _instance_type_config(name, config) for name in config.task_instance_types
+                ],
+                launch_specifications=(
+                    emr.CfnInstanceFleetConfig.InstanceFleetProvisioningSpecificationsProperty(
+                        spot_specification=emr.CfnInstanceFleetConfig.SpotProvisioningSpecificationProperty(
+                            timeout_action="SWITCH_TO_ON_DEMAND",
+                            timeout_duration_minutes=10,
+                            allocation_strategy="price-capacity-optimized",
+                        )
+                    )
+                    if config.task_use_spot
+                    else None
+                ),
+            )
+
+    def configurations(self) -> list[emr.CfnCluster.ConfigurationProperty]:
+        """Application classifications of the subclass's cluster."""
+        return []
+
+    def _security_group(self, name: str, vpc: ec2.IVpc, description: str) -> ec2.SecurityGroup:
+        group = ec2.SecurityGroup(
+            self,
+            f"{name}SecurityGroup",
+            vpc=vpc,
+            description=f"{description} of {self.cluster_name}",
+            # EMR manages the rules of its groups and needs egress to AWS APIs and the brokers.
+            allow_all_outbound=True,
+        )
+        return group
+
+    @property
+    def cluster_id(self) -> str:
+        return self.cluster.ref
+
+    def code_url(self, relative_path: str) -> str:
+        return self.artifacts_bucket.s3_url_for_object(f"{self.code_prefix}{relative_path}")
+
+
+def _acknowledge_deployment_handler(scope: Construct) -> None:
+    """The CDK's BucketDeployment handler (one per stack) copies the code assets."""
+    handler = Stack.of(scope).node.find_child(_BUCKET_DEPLOYMENT_SINGLETON)
+    role = handler.node.find_child("ServiceRole")
+    acknowledge(
+        handler,
+        "AwsSolutions-L1",
+        "The CDK's BucketDeployment handler pins its own Python runtime; the construct "
+        "offers no runtime setting.",
+    )
+    acknowledge(
+        role,
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+        "AWSLambdaBasicExecutionRole]",
+        "The CDK's code-deployment Lambda only writes its own CloudWatch logs with this "
+        "AWS basic execution policy.",
+    )
+    acknowledge_wildcard_grants(
+        role,
+        {
+            r"Action::(s3:(GetObject|GetBucket|List|Abort|DeleteObject)|"
+            r"kms:(GenerateDataKey|ReEncrypt))\*": (
+                "The deployment handler copies code assets from the CDK asset bucket into "
+                "the artifacts bucket's code prefixes, encrypting with the platform key."
+            ),
+            r"Resource::.*/\*": (
+                "Object ARNs of the CDK asset bucket and of the artifacts bucket's code "
+                "prefixes the handler syncs (and prunes)."
+            ),
+        },
+    )
+
+
+def classification(name: str, properties: dict[str, str]) -> emr.CfnCluster.ConfigurationProperty:
+    return emr.CfnCluster.ConfigurationProperty(
+        classification=name, configuration_properties=properties
+    )
+
+
+def _fleet(
+    name: str, instance_type: str, count: int, config: EmrClusterConfig
+) -> emr.CfnCluster.InstanceFleetConfigProperty:
+    return emr.CfnCluster.InstanceFleetConfigProperty(
+        name=name,
+        target_on_demand_capacity=count,
+        instance_type_configs=[_cluster_instance_type_config(instance_type, config)],
+    )
+
+
+def _ebs(config: EmrClusterConfig) -> dict:
+    return {
+        "ebs_block_device_configs": [
+            {"volume_specification": {"size_in_gb": config.ebs_volume_gib, "volume_type": "gp3"}}
+        ]
+    }
+
+
+def _cluster_instance_type_config(
+    name: str, config: EmrClusterConfig
+) -> emr.CfnCluster.InstanceTypeConfigProperty:
+    return emr.CfnCluster.InstanceTypeConfigProperty(
+        instance_type=name, weighted_capacity=1, ebs_configuration=_ebs(config)
+    )
+
+
+def _instance_type_config(
+    name: str, config: EmrClusterConfig
+) -> emr.CfnInstanceFleetConfig.InstanceTypeConfigProperty:
+    return emr.CfnInstanceFleetConfig.InstanceTypeConfigProperty(
+        instance_type=name, weighted_capacity=1, ebs_configuration=_ebs(config)
+    )
+
+
+def _security_configuration(key_arn: str, certificates_url: str) -> dict:
+    return {
+        "EncryptionConfiguration": {
+            "EnableAtRestEncryption": True,
+            "EnableInTransitEncryption": True,
+            "AtRestEncryptionConfiguration": {
+                "S3EncryptionConfiguration": {"EncryptionMode": "SSE-KMS", "AwsKmsKey": key_arn},
+                "LocalDiskEncryptionConfiguration": {
+                    "EncryptionKeyProviderType": "AwsKms",
+                    "AwsKmsKey": key_arn,
+                    "EnableEbsEncryption": True,
+                },
+            },
+            "InTransitEncryptionConfiguration": {
+                "TLSCertificateConfiguration": {
+                    "CertificateProviderType": "PEM",
+                    "S3Object": certificates_url,
+                }
+            },
+        },
+        "InstanceMetadataServiceConfiguration": {
+            "MinimumInstanceMetadataServiceVersion": 2,
+            "HttpPutResponseHopLimit": 2,
+        },
+    }

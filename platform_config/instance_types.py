@@ -1,0 +1,33 @@
+"""Instance types each service accepts, so a typo fails at synth instead of at deploy."""
+
+from __future__ import annotations
+
+_MSK_SIZES = {
+    "m5": ("large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge"),
+    "m7g": ("large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge"),
+}
+MSK_BROKER_TYPES: frozenset[str] = frozenset(
+    {"kafka.t3.small"}
+    | {f"kafka.{family}.{size}" for family, sizes in _MSK_SIZES.items() for size in sizes}
+)
+# Burstable brokers support neither storage auto-scaling nor per-broker monitoring.
+MSK_BURSTABLE_TYPES: frozenset[str] = frozenset({"kafka.t3.small"})
+
+_EMR_FAMILIES = (
+    "m5", "m5a", "m5d", "m6i", "m6g", "m6gd", "m7i", "m7g", "m7gd",
+    "r5", "r5a", "r5d", "r6i", "r6g", "r6gd", "r7i", "r7g", "r7gd",
+    "c5", "c5a", "c5d", "c6i", "c6g", "c6gd", "c7i", "c7g", "c7gd",
+)  # fmt: skip
+_EMR_SIZES = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge")
+EMR_INSTANCE_TYPES: frozenset[str] = frozenset(
+    f"{family}.{size}" for family in _EMR_FAMILIES for size in _EMR_SIZES
+)
+
+
+def check_instance_type(value: str, allowed: frozenset[str], service: str) -> str:
+    if value not in allowed:
+        families = sorted({name.rsplit(".", 1)[0] for name in allowed})
+        raise ValueError(
+            f"not an instance type {service} supports; families: {', '.join(families)}"
+        )
+    return value

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_constructs.base import acknowledge_wildcard_grants
+from cdk_constructs.data_lake import bucket_name
+from cdk_constructs.emr import REPO_ROOT
+from cdk_constructs.flink_cluster import FlinkCluster
+from cdk_constructs.spark_cluster import SparkCluster
+from platform_config import PlatformConfig
+from stacks.data_stack import DataStack
+from stacks.network_stack import NetworkStack
+from stacks.streaming_stack import StreamingStack
+
+# The raw-zone prefix the streaming job writes (valid events and its dead letters).
+STREAMING_PREFIX = "streaming/"
+CODE_DIRECTORIES = {"jobs": REPO_ROOT / "jobs", "schemas": REPO_ROOT / "schemas"}
+
+
+class ProcessingStack(Stack):
+    """Stateless compute on EMR: the Flink streaming cluster and the Spark batch cluster.
+
+    Wires the diagram's arrows: Kafka -> Flink (MSK IAM read of the events topic, network path
+    to the brokers), Flink -> S3 (its raw prefix only), Spark -> S3 (read raw, write curated)
+    and Spark -> Hive metastore (tables and partitions of the curated and features databases).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PlatformConfig,
+        network: NetworkStack,
+        data: DataStack,
+        streaming: StreamingStack,
+        **kwargs,
+    ):
+        super().__init__(scope, construct_id, **kwargs)
+        key = data.data_lake.key
+        kafka = streaming.kafka
+        # Buckets by name: the policies below then name them literally (see bucket_name).
+        self.add_stack_dependency(data)
+        raw, curated, artifacts, logs_bucket = (
+            s3.Bucket.from_bucket_attributes(
+                self,
+                f"{zone.capitalize()}Bucket",
+                bucket_name=bucket_name(config.bucket_prefix, zone),
+                encryption_key=None if zone == "logs" else key,
+            )
+            for zone in ("raw", "curated", "artifacts", "logs")
+        )
+        shared = {
+            "vpc": network.network.vpc,
+            "subnets": network.network.compute_subnets,
+            "encryption_key": key,
+            "logs_bucket": logs_bucket,
+            "artifacts_bucket": artifacts,
+            "code_directories": CODE_DIRECTORIES,
+        }
+        self.flink = FlinkCluster(
+            self,
+            "Flink",
+            config=config.flink,
+            cluster_name=f"{config.resource_prefix}-flink",
+            **shared,
+        )
+        self.spark = SparkCluster(
+            self,
+            "Spark",
+            config=config.spark,
+            cluster_name=f"{config.resource_prefix}-spark",
+            **shared,
+        )
+
+        bucket_arn = rf"arn:aws[a-z-]*:s3:::{config.bucket_prefix}"
+
+        # Kafka -> Flink
+        events_topic = config.kafka.topics[0].name
+        self.flink_consumer_group = f"{config.resource_prefix}-raw-ingest"
+        kafka.allow_clients(self.flink.connections, "Flink reads the event topics")
+        kafka.grant_consume(
+            self.flink.instance_role, topic=events_topic, group=self.flink_consumer_group
+        )
+        kafka.acknowledge_client_grants(self.flink.instance_role)
+        # Flink -> S3 raw zone, its prefix only
+        raw.grant_put(self.flink.instance_role, f"{STREAMING_PREFIX}*")
+        acknowledge_wildcard_grants(
+            self.flink.instance_role,
+            {
+                rf"Resource::{bucket_arn}-raw-[^/]*/{STREAMING_PREFIX}\*": (
+                    "Flink writes event objects only under the streaming/ prefix of the raw "
+                    "zone, partitioned by event date and hour."
+                ),
+                rf"Resource::{bucket_arn}-artifacts-[^/]*/flink/checkpoints/.*\*": (
+                    "Flink reads and writes checkpoint objects under its own checkpoint prefix."
+                ),
+            },
+        )
+
+        # Spark -> S3: read raw, write curated
+        raw.grant_read(self.spark.instance_role)
+        curated.grant_read_write(self.spark.instance_role)
+        # Spark -> Hive metastore: tables and partitions of the curated and features databases
+        data.catalog.grant_table_maintenance(
+            self.spark.instance_role, zones=("curated", "features")
+        )
+        acknowledge_wildcard_grants(
+            self.spark.instance_role,
+            {
+                rf"Resource::{bucket_arn}-(raw|curated)-[^/]*/\*": (
+                    "The ETL reads any raw-zone object and rewrites curated tables, features "
+                    "and quarantine objects anywhere in the curated zone."
+                ),
+                rf"Resource::arn:.*:glue:.*:table/{config.snake_prefix}_(curated|features)/\*": (
+                    "The ETL creates and updates any table of the curated and features "
+                    "databases (no deletes, no other database)."
+                ),
+            },
+        )
+
+        # The EMR step arguments that start each job (README: "Submitting the jobs").
+        node_code = "/home/hadoop/ml-platform"
+        topic = config.kafka.topics[0]
+        flink_step = [
+            "flink", "run", "-m", "yarn-cluster", "-d",
+            "-pyfs", f"{node_code}/jobs.zip", "-pym", "jobs.streaming.flink_job",
+            "--bootstrap-servers", kafka.bootstrap_brokers,
+            "--topic", topic.name,
+            "--group-id", self.flink_consumer_group,
+            "--raw-bucket", raw.bucket_name,
+            "--schema-path", f"{node_code}/{topic.schema_file}",
+            "--checkpoint-dir", self.flink.checkpoint_url,
+        ]  # fmt: skip
+        spark_step = [
+            "spark-submit", "--deploy-mode", "cluster",
+            "--py-files", f"{node_code}/jobs.zip", f"{node_code}/jobs/batch/interaction_etl.py",
+            "--raw-path", raw.s3_url_for_object(STREAMING_PREFIX),
+            "--run-date", "YYYY-MM-DD",
+            "--curated-path", curated.s3_url_for_object("member_interactions/"),
+            "--features-path", curated.s3_url_for_object("features/member_features/"),
+            "--quarantine-path", curated.s3_url_for_object("quarantine/member_interactions/"),
+            "--curated-database", data.catalog.database_names["curated"],
+            "--features-database", data.catalog.database_names["features"],
+            "--metrics-path", curated.s3_url_for_object("_runs/member_interactions/"),
+        ]  # fmt: skip
+        CfnOutput(self, "FlinkClusterId", value=self.flink.cluster_id)
+        CfnOutput(self, "SparkClusterId", value=self.spark.cluster_id)
+        CfnOutput(self, "FlinkJobStepArgs", value=self.to_json_string(flink_step))
+        CfnOutput(self, "SparkJobStepArgs", value=self.to_json_string(spark_step))
