@@ -22,6 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # EMR's v2 managed policies act only on resources carrying this tag.
 EMR_MANAGED_TAG = ("for-use-with-amazon-emr-managed-policies", "true")
 
+# The jobs need Python 3.11, which EMR 7.x ships beside its default 3.9.
+JOB_PYTHON = "/usr/bin/python3.11"
+
 # Construct id of the CDK's BucketDeployment handler Lambda (fixed by the CDK).
 _BUCKET_DEPLOYMENT_SINGLETON = "Custom::CDKBucketDeployment8693BB64968944B69AAFB0CC9EB8756C"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import aws_emr as emr
 
-from cdk_constructs.emr import EmrCluster, classification
+from cdk_constructs.emr import JOB_PYTHON, EmrCluster, classification
 
 CHECKPOINT_PREFIX = "flink/checkpoints/"
 
@@ -36,6 +36,8 @@ class FlinkCluster(EmrCluster):
                     "state.backend.incremental": "true",
                     "state.checkpoints.dir": checkpoints,
                     "restart-strategy.type": "exponential-delay",
+                    "python.executable": JOB_PYTHON,
+                    "python.client.executable": JOB_PYTHON,
                 },
             )
         ]

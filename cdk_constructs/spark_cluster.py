@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import aws_emr as emr
 
-from cdk_constructs.emr import EmrCluster, classification
+from cdk_constructs.emr import JOB_PYTHON, EmrCluster, classification
 
 _GLUE_METASTORE = {
     "hive.metastore.client.factory.class": (
@@ -29,6 +29,15 @@ class SparkCluster(EmrCluster):
         return [
             classification("spark-hive-site", _GLUE_METASTORE),
             classification("hive-site", _GLUE_METASTORE),
+            emr.CfnCluster.ConfigurationProperty(
+                classification="spark-env",
+                configurations=[
+                    classification(
+                        "export",
+                        {"PYSPARK_PYTHON": JOB_PYTHON, "PYSPARK_DRIVER_PYTHON": JOB_PYTHON},
+                    )
+                ],
+            ),
             classification(
                 "spark-defaults",
                 {

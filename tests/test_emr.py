@@ -71,6 +71,15 @@ def test_spark_uses_glue_as_the_hive_metastore(each_env):
     assert {a["Name"] for a in cluster(each_env, "Spark")["Applications"]} >= {"Spark", "Hive"}
 
 
+def test_jobs_run_on_python_3_11(each_env):
+    configurations = cluster(each_env, "Spark")["Configurations"]
+    (spark_env,) = [c for c in configurations if c["Classification"] == "spark-env"]
+    exports = spark_env["Configurations"][0]["ConfigurationProperties"]
+    assert exports["PYSPARK_PYTHON"] == "/usr/bin/python3.11"
+    (flink_conf,) = cluster(each_env, "Flink")["Configurations"]
+    assert flink_conf["ConfigurationProperties"]["python.executable"] == "/usr/bin/python3.11"
+
+
 def test_spark_task_fleet_runs_on_spot_with_on_demand_fallback(each_env):
     fleets = each_env.template("processing").find_resources("AWS::EMR::InstanceFleetConfig")
     (task,) = fleets.values()
