@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--features-database", required=True, type=_identifier, help="catalog db for features"
     )
-    parser.add_argument("--metrics-path", default=None, help="optional file for run counts JSON")
+    parser.add_argument(
+        "--metrics-path",
+        default=None,
+        help="optional file for the run's counts as JSON; a path ending in / is a prefix under "
+        "which <run date>.json is written",
+    )
     return parser
 
 
@@ -266,8 +271,9 @@ def overwrite_partition(
     dynamic partition overwrite, which is what keeps other partitions intact. A missing table is
     created with ``saveAsTable`` at ``path`` (partitions already under ``path`` are kept and
     registered). An existing table gets a dynamic partition overwrite, which replaces only the
-    partition the rows belong to; when there are no rows that partition is emptied explicitly,
-    since a dynamic overwrite of nothing would leave a previous run's data behind.
+    partition the rows belong to. When there are no rows, the partition's files are deleted
+    instead, since a dynamic overwrite of nothing would leave a previous run's data behind; its
+    catalog entry is kept, so the job never needs permission to delete catalog partitions.
     """
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     if not spark.catalog.tableExists(table):
@@ -283,15 +289,21 @@ def overwrite_partition(
     if not rows.isEmpty():
         rows.select(*columns).write.insertInto(table, overwrite=True)
         return
-    view = f"_empty_{partition_column}_rows"
-    rows.createOrReplaceTempView(view)
-    data_columns = ", ".join(f"`{c}`" for c in columns if c != partition_column)
-    spark.sql(
-        f"INSERT OVERWRITE TABLE {table} "
-        f"PARTITION (`{partition_column}` = DATE '{partition_value.isoformat()}') "
-        f"SELECT {data_columns} FROM {view}"
+    location = _table_location(spark, table).rstrip("/")
+    filesystem, partition_path = _hadoop_path(
+        spark, f"{location}/{partition_column}={partition_value.isoformat()}"
     )
-    spark.catalog.dropTempView(view)
+    if filesystem.exists(partition_path):
+        filesystem.delete(partition_path, True)
+        filesystem.mkdirs(partition_path)
+    spark.catalog.refreshTable(table)
+
+
+def metrics_file(metrics_path: str, run_date: date) -> str:
+    """Return the metrics file for ``--metrics-path``: itself, or ``<prefix><run date>.json``."""
+    if metrics_path.endswith("/"):
+        return f"{metrics_path}{run_date.isoformat()}.json"
+    return metrics_path
 
 
 def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, Any]:
@@ -342,7 +354,11 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, Any]:
         "feature_rows": _partition_count(spark, features_table, "feature_date", args.run_date),
     }
     if args.metrics_path:
-        _write_text(spark, args.metrics_path, json.dumps(metrics, indent=2, sort_keys=True))
+        _write_text(
+            spark,
+            metrics_file(args.metrics_path, args.run_date),
+            json.dumps(metrics, indent=2, sort_keys=True),
+        )
     return metrics
 
 
@@ -371,6 +387,13 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
 def _utc_date(epoch_millis: Column) -> Column:
     # Integer arithmetic instead of to_date() keeps the date independent of the session zone.
     return sf.date_from_unix_date(sf.floor(epoch_millis / _MILLIS_PER_DAY).cast("int"))
+
+
+def _table_location(spark: SparkSession, table: str) -> str:
+    for row in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect():
+        if row.col_name == "Location":
+            return row.data_type
+    raise EtlInputError(f"catalog table has no location: {table}")
 
 
 def _partition_count(spark: SparkSession, table: str, column: str, value: date) -> int:

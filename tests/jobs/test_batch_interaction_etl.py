@@ -460,7 +460,14 @@ def test_rerun_with_no_valid_rows_empties_the_partitions(spark, tmp_path: Path) 
         "feature_rows": 0,
     }
     assert spark.table(layout.curated_table).count() == 0
+    assert spark.table(layout.features_table).count() == 0
     assert not list(layout.curated.rglob("*.parquet"))
+    assert not list(layout.features.rglob("*.parquet"))
+    # The catalog partition stays (the job holds no delete-partition permission), just empty.
+    partitions = [
+        r.partition for r in spark.sql(f"SHOW PARTITIONS {layout.curated_table}").collect()
+    ]
+    assert partitions == ["event_date=2024-05-10"]
     assert [r["quarantine_reason"] for r in quarantine_records(layout, RUN_DATE)] == [
         "malformed_record"
     ]
@@ -506,6 +513,31 @@ def test_invalid_arguments(
         etl.parse_args(argv)
     assert exit_info.value.code == 2
     assert f"error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("metrics_path", "expected"),
+    [
+        (
+            "s3://curated/_runs/member_interactions/",
+            "s3://curated/_runs/member_interactions/2024-05-10.json",
+        ),
+        ("/tmp/metrics.json", "/tmp/metrics.json"),
+    ],
+)
+def test_metrics_file(metrics_path: str, expected: str) -> None:
+    assert etl.metrics_file(metrics_path, RUN_DATE) == expected
+
+
+def test_metrics_prefix_gets_one_file_per_run_date(spark, tmp_path: Path) -> None:
+    layout = new_layout(spark, tmp_path, "metricsprefix")
+    write_raw(layout.raw, RUN_DATE, 0, RUN_DAY_MIDNIGHT_LINES)
+    argv = layout.argv(RUN_DATE)
+    prefix = tmp_path / "_runs" / "member_interactions"
+    argv[argv.index("--metrics-path") + 1] = f"{prefix}/"
+    assert etl.main(argv, spark=spark) == 0
+    written = json.loads((prefix / "2024-05-10.json").read_text(encoding="utf-8"))
+    assert (written["rows_read"], written["curated_rows"], written["feature_rows"]) == (2, 2, 1)
 
 
 def test_event_types_match_the_avro_enum(event_schema: dict) -> None:
