@@ -14,8 +14,10 @@ from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 from stacks.streaming_stack import StreamingStack
 
-# The raw-zone prefix the streaming job writes (valid events and its dead letters).
+# The raw-zone prefix the streaming job writes (valid events and its dead letters) and,
+# inside it, where valid events land (jobs/streaming/records.py; a test keeps them equal).
 STREAMING_PREFIX = "streaming/"
+RAW_EVENTS_PREFIX = f"{STREAMING_PREFIX}member_interactions"
 CODE_DIRECTORIES = {"jobs": REPO_ROOT / "jobs", "schemas": REPO_ROOT / "schemas"}
 
 
@@ -136,8 +138,8 @@ class ProcessingStack(Stack):
         ]  # fmt: skip
         spark_step = [
             "spark-submit", "--deploy-mode", "cluster",
-            "--py-files", f"{node_code}/jobs.zip", f"{node_code}/jobs/batch/interaction_etl.py",
-            "--raw-path", raw.s3_url_for_object(STREAMING_PREFIX),
+            f"{node_code}/jobs/batch/interaction_etl.py",
+            "--raw-path", raw.s3_url_for_object(f"{RAW_EVENTS_PREFIX}/"),
             "--run-date", "YYYY-MM-DD",
             "--curated-path", curated.s3_url_for_object("member_interactions/"),
             "--features-path", curated.s3_url_for_object("features/member_features/"),

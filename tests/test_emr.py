@@ -170,3 +170,52 @@ def test_all_emr_resources_carry_the_managed_policy_tag(each_env):
         for resource in each_env.template("processing").find_resources(cfn_type).values():
             tags = {t["Key"]: t["Value"] for t in resource["Properties"]["Tags"]}
             assert tags["for-use-with-amazon-emr-managed-policies"] == "true"
+
+
+def step_args(synth, output: str) -> str:
+    """The step's argument list as rendered in the template (tokens as CloudFormation JSON)."""
+    return json.dumps(synth.template_json("processing")["Outputs"][output]["Value"])
+
+
+def test_step_paths_match_what_the_jobs_write_and_read(each_env):
+    from jobs.streaming.records import DEAD_LETTER_PREFIX, VALID_PREFIX
+    from stacks.processing_stack import RAW_EVENTS_PREFIX, STREAMING_PREFIX
+
+    assert RAW_EVENTS_PREFIX == VALID_PREFIX
+    assert DEAD_LETTER_PREFIX.startswith(STREAMING_PREFIX)  # inside Flink's write grant
+    spark = step_args(each_env, "SparkJobStepArgs")
+    assert f"/{VALID_PREFIX}/" in spark
+    assert "jobs/batch/interaction_etl.py" in spark
+
+
+def test_step_arguments_parse_with_the_jobs_own_parsers(each_env):
+    from jobs.batch.interaction_etl import parse_args as parse_etl_args
+    from jobs.streaming.flink_job import parse_args as parse_flink_args
+
+    def literal_args(output: str) -> list[str]:
+        # Replace each CloudFormation token by a plausible literal of its kind.
+        text = step_args(each_env, output)
+        joined = json.loads(text)["Fn::Join"][1]
+        literals = {
+            "Fn::GetStackOutput": "b-1.example:9098,b-2.example:9098",  # the brokers
+            "AWS::AccountId": "123456789012",
+            "AWS::Region": "us-east-1",
+        }
+        rendered = "".join(
+            part
+            if isinstance(part, str)
+            else next(value for key, value in literals.items() if key in json.dumps(part))
+            for part in joined
+        )
+        return json.loads(rendered)
+
+    flink = literal_args("FlinkJobStepArgs")
+    module = flink.index("-pym") + 2
+    parsed = parse_flink_args(flink[module:])
+    assert parsed.topic == "member-interactions"
+    assert parsed.group_id == f"ml-platform-{each_env.config.env_name}-raw-ingest"
+
+    spark = literal_args("SparkJobStepArgs")
+    script = next(i for i, a in enumerate(spark) if a.endswith("interaction_etl.py"))
+    etl = parse_etl_args([a if a != "YYYY-MM-DD" else "2026-11-28" for a in spark[script + 1 :]])
+    assert etl.curated_database == f"ml_platform_{each_env.config.env_name}_curated"

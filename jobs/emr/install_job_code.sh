@@ -4,22 +4,30 @@
 set -euo pipefail
 
 code_url="${1:?usage: install_job_code.sh s3://bucket/code/<cluster>/}"
-target=/home/hadoop/ml-platform
+# Overridable so the script can be exercised outside EMR.
+target="${ML_PLATFORM_HOME:-/home/hadoop/ml-platform}"
+flink_home="${FLINK_HOME_DIR:-/usr/lib/flink}"
 
 mkdir -p "$target"
 aws s3 cp --recursive --only-show-errors "$code_url" "$target"
-# The jobs need Python 3.11, which EMR 7.x ships beside its default 3.9.
-sudo python3.11 -m pip install --quiet --requirement "$target/jobs/requirements-emr.txt"
+# The jobs need Python 3.11, which EMR 7.x ships beside its default 3.9. Flink nodes also
+# need PyFlink matching EMR 7.x's Flink 1.20.
+requirements="$target/jobs/requirements-emr.txt"
+[ -d "$flink_home" ] && requirements="$target/jobs/requirements-emr-flink.txt"
+sudo python3.11 -m pip install --quiet --requirement "$requirements"
 # PyFlink and spark-submit take the package as one archive on their Python path.
 (cd "$target" && rm -f jobs.zip && python3.11 -m zipfile -c jobs.zip jobs)
 
-# Flink nodes: the Kafka connector (for Flink 1.20, as in EMR 7.x) and MSK IAM auth, pinned.
-if [ -d /usr/lib/flink ]; then
-  jars=/home/hadoop/ml-platform/flink-lib
+# Flink nodes: the Kafka connector for Flink 1.20 (as in EMR 7.x), its Kafka client and MSK
+# IAM auth, pinned. The unshaded connector is required: the SQL connector relocates the
+# Kafka client classes, and MSK IAM's callback handler then fails with a ClassCastException.
+if [ -d "$flink_home" ]; then
+  jars="$target/flink-lib"
+  maven=https://repo1.maven.org/maven2
   mkdir -p "$jars"
-  curl --fail --silent --show-error --location --output "$jars/flink-sql-connector-kafka.jar" \
-    https://repo1.maven.org/maven2/org/apache/flink/flink-sql-connector-kafka/3.3.0-1.20/flink-sql-connector-kafka-3.3.0-1.20.jar
-  curl --fail --silent --show-error --location --output "$jars/aws-msk-iam-auth.jar" \
-    https://github.com/aws/aws-msk-iam-auth/releases/download/v2.2.0/aws-msk-iam-auth-2.2.0-all.jar
-  sudo cp "$jars"/*.jar /usr/lib/flink/lib/
+  fetch() { curl --fail --silent --show-error --location --output "$jars/$(basename "$1")" "$1"; }
+  fetch "$maven/org/apache/flink/flink-connector-kafka/3.3.0-1.20/flink-connector-kafka-3.3.0-1.20.jar"
+  fetch "$maven/org/apache/kafka/kafka-clients/3.4.0/kafka-clients-3.4.0.jar"
+  fetch https://github.com/aws/aws-msk-iam-auth/releases/download/v2.2.0/aws-msk-iam-auth-2.2.0-all.jar
+  sudo cp "$jars"/*.jar "$flink_home/lib/"
 fi
