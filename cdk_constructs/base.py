@@ -75,7 +75,7 @@ class AcknowledgeWildcardGrants:
         self._expected = [(re.compile(pattern), reason) for pattern, reason in expected.items()]
 
     def visit(self, node: IConstruct) -> None:
-        if not isinstance(node, iam.CfnPolicy):
+        if not isinstance(node, (iam.CfnPolicy, iam.CfnManagedPolicy)):
             return
         report = AwsSolutionsChecks().validate_scope(node)
         for violation in report.violations:
@@ -89,6 +89,7 @@ class AcknowledgeWildcardGrants:
                     break
 
 
-def acknowledge_wildcard_grants(role: iam.IRole, expected: dict[str, str]) -> None:
-    """Expect wildcard findings on `role`'s policies: {regex of the finding detail: reason}."""
-    Aspects.of(role).add(AcknowledgeWildcardGrants(expected))
+def acknowledge_wildcard_grants(scope: IConstruct, expected: dict[str, str]) -> None:
+    """Expect wildcard findings on the policies in `scope` (a role or a managed policy):
+    {regex of the finding detail: reason}."""
+    Aspects.of(scope).add(AcknowledgeWildcardGrants(expected))

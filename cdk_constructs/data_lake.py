@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -11,6 +11,9 @@ from cdk_constructs.base import PlatformContainer, acknowledge
 from platform_config.model import DataLakeConfig
 
 ZONES = ("raw", "curated", "artifacts", "logs")
+
+# Construct id of the CDK's bucket-notification handler (fixed by the CDK).
+_BUCKET_NOTIFICATIONS_SINGLETON = "BucketNotificationsHandler050a0587b7544547bf325f094a3db834"
 
 
 def bucket_name(name_prefix: str, zone: str) -> str:
@@ -39,6 +42,8 @@ class DataLake(PlatformContainer):
       delivery cannot write to SSE-KMS buckets), which expires them after the configured days;
     - lifecycle: raw objects move to Intelligent-Tiering, old versions and incomplete uploads
       expire;
+    - raw and curated buckets send their object events to EventBridge, where workflows'
+      data-availability triggers listen;
     - removal follows the environment: RETAIN when protected, else DESTROY with auto-delete.
     """
 
@@ -99,7 +104,9 @@ class DataLake(PlatformContainer):
             "access into itself would create a write loop.",
         )
 
-        def zone_bucket(zone: str, lifecycle_rules: list[s3.LifecycleRule]) -> s3.Bucket:
+        def zone_bucket(
+            zone: str, lifecycle_rules: list[s3.LifecycleRule], *, events: bool = False
+        ) -> s3.Bucket:
             return s3.Bucket(
                 self,
                 f"{zone.capitalize()}Bucket",
@@ -115,6 +122,7 @@ class DataLake(PlatformContainer):
                 server_access_logs_bucket=self.logs_bucket,
                 server_access_logs_prefix=f"s3-access/{zone}/",
                 lifecycle_rules=lifecycle_rules,
+                event_bridge_enabled=events,
                 removal_policy=removal_policy,
                 auto_delete_objects=auto_delete,
             )
@@ -133,6 +141,17 @@ class DataLake(PlatformContainer):
                     ],
                 ),
             ],
+            events=True,
         )
-        self.curated_bucket = zone_bucket("curated", [expire_old_versions])
+        self.curated_bucket = zone_bucket("curated", [expire_old_versions], events=True)
+        # Turning on EventBridge delivery adds the CDK's bucket-notification Lambda (a stack
+        # singleton).
+        notifications = Stack.of(self).node.find_child(_BUCKET_NOTIFICATIONS_SINGLETON)
+        acknowledge(
+            notifications.node.find_child("Role"),
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AWSLambdaBasicExecutionRole]",
+            "The CDK's bucket-notification Lambda only writes its own CloudWatch logs with "
+            "this AWS basic execution policy.",
+        )
         self.artifacts_bucket = zone_bucket("artifacts", [expire_old_versions])

@@ -31,3 +31,41 @@ def check_instance_type(value: str, allowed: frozenset[str], service: str) -> st
             f"not an instance type {service} supports; families: {', '.join(families)}"
         )
     return value
+
+
+# EC2 GPU instance types AWS Batch can run Metaflow @batch(gpu=...) steps on.
+_GPU_SIZES = {
+    "g4dn": ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge"),
+    "g5": (
+        "xlarge",
+        "2xlarge",
+        "4xlarge",
+        "8xlarge",
+        "12xlarge",
+        "16xlarge",
+        "24xlarge",
+        "48xlarge",
+    ),
+    "g6": (
+        "xlarge",
+        "2xlarge",
+        "4xlarge",
+        "8xlarge",
+        "12xlarge",
+        "16xlarge",
+        "24xlarge",
+        "48xlarge",
+    ),
+    "p3": ("2xlarge", "8xlarge", "16xlarge"),
+    "p4d": ("24xlarge",),
+    "p5": ("48xlarge",),
+}
+BATCH_GPU_INSTANCE_TYPES: frozenset[str] = frozenset(
+    f"{family}.{size}" for family, sizes in _GPU_SIZES.items() for size in sizes
+)
+
+_RDS_SIZES = ("micro", "small", "medium", "large", "xlarge", "2xlarge", "4xlarge")
+RDS_INSTANCE_TYPES: frozenset[str] = frozenset(
+    {f"t4g.{size}" for size in _RDS_SIZES[:5]}
+    | {f"{family}.{size}" for family in ("m6g", "m7g", "r6g", "r7g") for size in _RDS_SIZES[3:]}
+)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from platform_config.instance_types import (
+    BATCH_GPU_INSTANCE_TYPES,
     EMR_INSTANCE_TYPES,
     MSK_BROKER_TYPES,
     MSK_BURSTABLE_TYPES,
+    RDS_INSTANCE_TYPES,
     check_instance_type,
 )
 
@@ -231,6 +234,91 @@ class EmrClusterConfig(StrictModel):
         return self
 
 
+class BatchQueueConfig(StrictModel):
+    max_vcpus: int = Field(default=64, ge=1, le=10000)
+    spot: bool = True
+    """Spot capacity (Fargate Spot for CPU, EC2 spot for GPU) instead of on-demand."""
+
+
+class GpuQueueConfig(BatchQueueConfig):
+    instance_types: list[str] = Field(min_length=1, max_length=10)
+    """EC2 GPU instance types for @batch(gpu=N) steps, e.g. g5.xlarge."""
+
+    @field_validator("instance_types")
+    @classmethod
+    def _gpu_types(cls, value: list[str]) -> list[str]:
+        for name in value:
+            check_instance_type(name, BATCH_GPU_INSTANCE_TYPES, "AWS Batch GPU jobs")
+        return value
+
+
+class MetaflowConfig(StrictModel):
+    metadata_service_image: str = Field(
+        default="netflixoss/metaflow_metadata_service:v2.5.0",
+        pattern=r"^[a-z0-9./_-]+:v?\d+\.\d+\.\d+$",
+    )
+    """Upstream metadata service image, pinned to a release tag (never latest)."""
+    service_cpu: Literal[256, 512, 1024, 2048, 4096] = 512
+    service_memory_mib: int = Field(default=1024, ge=512, le=30720)
+    min_tasks: int = Field(default=1, ge=1, le=20)
+    max_tasks: int = Field(default=2, ge=1, le=50)
+    api_gateway: Literal["disabled", "api_key"] = "disabled"
+    """`api_key` also fronts the service with API Gateway (REST, API key required) for
+    clients outside the VPC; Metaflow sends the key as METAFLOW_SERVICE_AUTH_KEY. Batch jobs
+    keep using the internal load balancer."""
+    db_instance_type: str = "t4g.micro"
+    """RDS PostgreSQL instance class without the db. prefix."""
+    db_allocated_storage_gib: int = Field(default=20, ge=20, le=1000)
+    db_multi_az: bool = False
+    db_backup_retention_days: int = Field(default=7, ge=1, le=35)
+    log_retention_days: LogRetentionDays = 30
+    cpu_queue: BatchQueueConfig = Field(default_factory=BatchQueueConfig)
+    gpu_queue: GpuQueueConfig
+
+    @field_validator("db_instance_type")
+    @classmethod
+    def _db_type(cls, value: str) -> str:
+        return check_instance_type(value, RDS_INSTANCE_TYPES, "RDS PostgreSQL")
+
+    @model_validator(mode="after")
+    def _task_bounds(self) -> MetaflowConfig:
+        if self.max_tasks < self.min_tasks:
+            raise FieldError(
+                ("max_tasks",), self.max_tasks, f"must be at least min_tasks ({self.min_tasks})"
+            )
+        return self
+
+
+class OrchestratorConfig(StrictModel):
+    timezone: str = "UTC"
+    """IANA time zone of the time triggers, e.g. America/Los_Angeles."""
+    train_recommender_cron: str = Field(default="0 3 * * ? *", pattern=r"^\S+ \S+ \S+ \S+ \S+ \S+$")
+    """EventBridge Scheduler cron (minutes hours day-of-month month day-of-week year)."""
+    min_raw_objects: int = Field(default=1, ge=0)
+    """Quality gate: fewest raw-zone objects a day needs before features are built."""
+    max_dead_letter_ratio: float = Field(default=0.05, ge=0, le=1)
+    """Quality gate: highest share of dead-lettered events a day may have."""
+    failure_emails: list[str] = Field(default_factory=list)
+    """Addresses subscribed to workflow failure notifications."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone, e.g. UTC or America/Los_Angeles") from None
+        return value
+
+    @field_validator("failure_emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        return value
+
+
 class PlatformConfig(StrictModel):
     env_name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,14}[a-z0-9]$")
     """Short environment name (2-16 lowercase letters, digits, dashes); part of every name."""
@@ -253,6 +341,8 @@ class PlatformConfig(StrictModel):
     kafka: KafkaConfig
     flink: EmrClusterConfig
     spark: EmrClusterConfig
+    metaflow: MetaflowConfig
+    orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
 
     @field_validator("availability_zones")
     @classmethod

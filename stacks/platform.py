@@ -10,7 +10,9 @@ from cdk_nag import AwsSolutionsChecks
 from cdk_constructs.base import ENV_TAG
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
+from stacks.metaflow_stack import MetaflowStack
 from stacks.network_stack import NetworkStack
+from stacks.orchestration_stack import OrchestrationStack
 from stacks.processing_stack import ProcessingStack
 from stacks.streaming_stack import StreamingStack
 
@@ -21,10 +23,19 @@ class Platform:
     data: DataStack
     streaming: StreamingStack
     processing: ProcessingStack
+    metaflow: MetaflowStack
+    orchestration: OrchestrationStack
 
     @property
     def stacks(self) -> list:
-        return [self.network, self.data, self.streaming, self.processing]
+        return [
+            self.network,
+            self.data,
+            self.streaming,
+            self.processing,
+            self.metaflow,
+            self.orchestration,
+        ]
 
 
 def build_platform(app: App, config: PlatformConfig) -> Platform:
@@ -57,7 +68,30 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
         streaming=streaming,
         **stack_props("processing"),
     )
-    platform = Platform(network=network, data=data, streaming=streaming, processing=processing)
+    metaflow = MetaflowStack(
+        app,
+        f"{prefix}-metaflow",
+        config=config,
+        network=network,
+        data=data,
+        **stack_props("metaflow"),
+    )
+    orchestration = OrchestrationStack(
+        app,
+        f"{prefix}-orchestration",
+        config=config,
+        data=data,
+        processing=processing,
+        **stack_props("orchestration"),
+    )
+    platform = Platform(
+        network=network,
+        data=data,
+        streaming=streaming,
+        processing=processing,
+        metaflow=metaflow,
+        orchestration=orchestration,
+    )
 
     Tags.of(app).add(ENV_TAG, config.env_name)
     for key, value in config.tags.items():

@@ -8,6 +8,7 @@ from cdk_constructs.base import acknowledge_wildcard_grants
 from cdk_constructs.data_lake import bucket_name
 from cdk_constructs.emr import REPO_ROOT
 from cdk_constructs.flink_cluster import FlinkCluster
+from cdk_constructs.orchestrator import RUN_DATE
 from cdk_constructs.spark_cluster import SparkCluster
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
@@ -136,11 +137,11 @@ class ProcessingStack(Stack):
             "--schema-path", f"{node_code}/{topic.schema_file}",
             "--checkpoint-dir", self.flink.checkpoint_url,
         ]  # fmt: skip
-        spark_step = [
+        self.spark_etl_args = [
             "spark-submit", "--deploy-mode", "cluster",
             f"{node_code}/jobs/batch/interaction_etl.py",
             "--raw-path", raw.s3_url_for_object(f"{RAW_EVENTS_PREFIX}/"),
-            "--run-date", "YYYY-MM-DD",
+            "--run-date", RUN_DATE,
             "--curated-path", curated.s3_url_for_object("member_interactions/"),
             "--features-path", curated.s3_url_for_object("features/member_features/"),
             "--quarantine-path", curated.s3_url_for_object("quarantine/member_interactions/"),
@@ -151,4 +152,4 @@ class ProcessingStack(Stack):
         CfnOutput(self, "FlinkClusterId", value=self.flink.cluster_id)
         CfnOutput(self, "SparkClusterId", value=self.spark.cluster_id)
         CfnOutput(self, "FlinkJobStepArgs", value=self.to_json_string(flink_step))
-        CfnOutput(self, "SparkJobStepArgs", value=self.to_json_string(spark_step))
+        CfnOutput(self, "SparkJobStepArgs", value=self.to_json_string(self.spark_etl_args))

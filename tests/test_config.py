@@ -139,6 +139,36 @@ def test_user_file_merges_over_the_chosen_env(tmp_path):
             "kafka.topics.0.schema_file = 'schemas/avro/missing.avsc': no such file",
         ),
         (
+            "metaflow:\n  gpu_queue:\n    instance_types: [m7g.xlarge]\n",
+            "metaflow.gpu_queue.instance_types = ['m7g.xlarge']: not an instance type AWS Batch "
+            "GPU jobs supports",
+        ),
+        (
+            "metaflow:\n  db_instance_type: db.t4g.micro\n",
+            "metaflow.db_instance_type = 'db.t4g.micro': not an instance type RDS PostgreSQL",
+        ),
+        (
+            "metaflow:\n  metadata_service_image: netflixoss/metaflow_metadata_service:latest\n",
+            "metaflow.metadata_service_image = 'netflixoss/metaflow_metadata_service:latest': "
+            "String should match pattern",
+        ),
+        (
+            "metaflow:\n  min_tasks: 3\n  max_tasks: 2\n",
+            "metaflow.max_tasks = 2: must be at least min_tasks (3)",
+        ),
+        (
+            "orchestrator:\n  timezone: Mars/Olympus\n",
+            "orchestrator.timezone = 'Mars/Olympus': not an IANA time zone",
+        ),
+        (
+            "orchestrator:\n  failure_emails: [ops]\n",
+            "orchestrator.failure_emails = ['ops']: 'ops' is not an e-mail address",
+        ),
+        (
+            "orchestrator:\n  train_recommender_cron: '0 3 * *'\n",
+            "orchestrator.train_recommender_cron = '0 3 * *': String should match pattern",
+        ),
+        (
             "kafka:\n  topics: []\n",
             "kafka.topics = []: List should have at least 1 item",
         ),

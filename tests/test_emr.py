@@ -217,5 +217,5 @@ def test_step_arguments_parse_with_the_jobs_own_parsers(each_env):
 
     spark = literal_args("SparkJobStepArgs")
     script = next(i for i, a in enumerate(spark) if a.endswith("interaction_etl.py"))
-    etl = parse_etl_args([a if a != "YYYY-MM-DD" else "2026-11-28" for a in spark[script + 1 :]])
+    etl = parse_etl_args([a if a != "{run_date}" else "2026-11-28" for a in spark[script + 1 :]])
     assert etl.curated_database == f"ml_platform_{each_env.config.env_name}_curated"

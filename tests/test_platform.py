@@ -11,6 +11,7 @@ from cdk_nag import AwsSolutionsChecks
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 
 from cdk_constructs.base import CONTAINER_TAG, ENV_TAG, STEREOTYPE_TAG
+from cdk_constructs.data_lake import _BUCKET_NOTIFICATIONS_SINGLETON
 from cdk_constructs.emr import _BUCKET_DEPLOYMENT_SINGLETON
 from platform_config import load_config
 from stacks.platform import build_platform
@@ -25,13 +26,21 @@ TAG_CONTRACT = {
     "Kafka": ("kafka", "event-streaming"),
     "Flink": ("flink", "stream-processing"),
     "Spark": ("spark", "batch-processing"),
+    "MetaflowMetadata": ("metaflow-metadata", "metadata-store"),
+    "MetaflowClient": ("metaflow-client", "workflow-sdk"),
+    "Orchestrator": ("maestro", "orchestrator"),
 }
 
-STACKS = ("network", "data", "streaming", "processing")
+STACKS = ("network", "data", "streaming", "processing", "metaflow", "orchestration")
 
 # Lambda-backed helpers the CDK itself creates once per stack, outside every container
-# (the bootstrap-broker reader, the code deployment handler); they carry the env tag only.
-CDK_SINGLETONS = {"AWS679f53fac002430cb0da5b7982bd2287", _BUCKET_DEPLOYMENT_SINGLETON}
+# (the bootstrap-broker reader, the code deployment handler, the bucket-notification
+# handler); they carry the env tag only.
+CDK_SINGLETONS = {
+    "AWS679f53fac002430cb0da5b7982bd2287",
+    _BUCKET_DEPLOYMENT_SINGLETON,
+    _BUCKET_NOTIFICATIONS_SINGLETON,
+}
 
 # The CDK creates these singleton providers at stack scope as raw CfnResources, outside every
 # container and beyond the reach of Tags.of(); they are tiny deploy-time helpers.
@@ -52,6 +61,11 @@ PINNED_DATA_LOGICAL_IDS = {
     "OnlineStoreMemberProfileTableE2C7787A": "AWS::Cassandra::Table",
     "OnlineStorePredictionsTable2A822C14": "AWS::Cassandra::Table",
     "DataCatalogSchemaMemberInteractions4A0717E2": "AWS::Glue::Schema",
+}
+PINNED_METAFLOW_LOGICAL_IDS = {
+    "MetaflowMetadataKeyCD85FF28": "AWS::KMS::Key",
+    "MetaflowMetadataDatabaseDCE71082": "AWS::RDS::DBInstance",
+    "MetaflowClientStepFunctionsState52EFFAE2": "AWS::DynamoDB::GlobalTable",
 }
 PINNED_STREAMING_LOGICAL_IDS = {
     "KafkaCluster7185C948": "AWS::MSK::Cluster",
@@ -157,13 +171,12 @@ def test_acknowledgments_give_specific_reasons(each_env):
 
 
 def test_stateful_stacks_are_protected_only_in_prod(dev, prod):
-    for stateful in (prod.platform.data, prod.platform.streaming):
-        assert stateful.termination_protection is True
-    for stateful in (dev.platform.data, dev.platform.streaming):
-        assert stateful.termination_protection is False
-    # Network and processing are stateless and can be recreated.
-    assert prod.platform.network.termination_protection is False
-    assert prod.platform.processing.termination_protection is False
+    for name in ("data", "streaming", "metaflow"):
+        assert getattr(prod.platform, name).termination_protection is True
+        assert getattr(dev.platform, name).termination_protection is False
+    # Network, processing and orchestration are stateless and can be recreated.
+    for name in ("network", "processing", "orchestration"):
+        assert getattr(prod.platform, name).termination_protection is False
 
 
 def test_stacks_are_named_for_the_environment_and_pinned_to_its_region(each_env):
@@ -186,11 +199,17 @@ def test_dependency_chain_stays_short(each_env):
     assert names(platform.data) == []
     assert names(platform.streaming) == ["data", "network"]
     assert names(platform.processing) == ["data", "network", "streaming"]
+    assert names(platform.metaflow) == ["data", "network"]
+    assert names(platform.orchestration) == ["data", "processing"]
 
 
 @pytest.mark.parametrize(
     ("stack", "pinned"),
-    [("data", PINNED_DATA_LOGICAL_IDS), ("streaming", PINNED_STREAMING_LOGICAL_IDS)],
+    [
+        ("data", PINNED_DATA_LOGICAL_IDS),
+        ("streaming", PINNED_STREAMING_LOGICAL_IDS),
+        ("metaflow", PINNED_METAFLOW_LOGICAL_IDS),
+    ],
 )
 def test_stateful_logical_ids_are_pinned(each_env, stack, pinned):
     resources = each_env.template_json(stack)["Resources"]

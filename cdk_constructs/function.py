@@ -1,0 +1,117 @@
+"""A Python Lambda function from `lambda/<name>/`, with Powertools bundled from this venv."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import jsii
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, Duration, ILocalBundling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk_constructs.base import acknowledge, log_retention
+
+LAMBDA_ROOT = Path(__file__).resolve().parent.parent / "lambda"
+
+# Pure-Python packages the handlers import beyond the runtime's boto3. They are copied from
+# the environment the tests ran in, so the deployed code is exactly the tested code.
+_BUNDLED_PACKAGES = ("aws_lambda_powertools", "typing_extensions")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+@jsii.implements(ILocalBundling)
+class _CopyWithDependencies:
+    """Bundles on the local machine: synth needs neither Docker nor the network."""
+
+    def __init__(self, source: Path) -> None:
+        self._source = source
+
+    def try_bundle(self, output_dir: str, _options: object) -> bool:
+        target = Path(output_dir)
+        shutil.copytree(self._source, target, dirs_exist_ok=True, ignore=_IGNORED)
+        for package in _BUNDLED_PACKAGES:
+            origin = Path(importlib.util.find_spec(package).origin)
+            if origin.name == "__init__.py":
+                shutil.copytree(
+                    origin.parent, target / package, dirs_exist_ok=True, ignore=_IGNORED
+                )
+            else:
+                shutil.copy2(origin, target / origin.name)
+        return True
+
+
+def handler_code(name: str) -> lambda_.Code:
+    source = LAMBDA_ROOT / name
+    if not (source / "handler.py").is_file():
+        raise ValueError(f"no Lambda handler at {source}/handler.py")
+    return lambda_.Code.from_asset(
+        str(source),
+        asset_hash_type=AssetHashType.OUTPUT,
+        bundling=BundlingOptions(
+            # Never pulled: local bundling always succeeds.
+            image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.14"),
+            local=_CopyWithDependencies(source),
+        ),
+    )
+
+
+class PlatformFunction(Construct):
+    """Lambda function for a handler in `lambda/<name>/handler.py`.
+
+    Secure defaults: the latest Python runtime on ARM, its own log group with retention, a
+    bounded timeout, (when given a VPC) private subnets only, and a role that starts with
+    nothing but writing its logs: callers grant the rest.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        handler_name: str,
+        description: str,
+        environment: dict[str, str],
+        log_retention_days: int,
+        timeout: Duration | None = None,
+        vpc: ec2.IVpc | None = None,
+        vpc_subnets: ec2.SubnetSelection | None = None,
+        security_groups: list[ec2.ISecurityGroup] | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention(log_retention_days))
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler="handler.handler",
+            code=handler_code(handler_name),
+            description=description,
+            environment={"POWERTOOLS_SERVICE_NAME": handler_name, **environment},
+            timeout=timeout or Duration.seconds(30),
+            memory_size=256,
+            log_group=self.log_group,
+            vpc=vpc,
+            vpc_subnets=vpc_subnets,
+            security_groups=security_groups,
+        )
+        role = self.function.role
+        acknowledge(
+            role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AWSLambdaBasicExecutionRole]",
+            "AWS's basic execution policy only lets the function write its own CloudWatch "
+            "log streams.",
+        )
+        if vpc is not None:
+            acknowledge(
+                role,
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AWSLambdaVPCAccessExecutionRole]",
+                "AWS's VPC access policy only manages the network interfaces the function "
+                "needs in its private subnets.",
+            )

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_constructs.base import stateful_removal_policy
+from cdk_constructs.data_lake import bucket_name
+from cdk_constructs.metaflow_client import MetaflowClient
+from cdk_constructs.metaflow_metadata import MetaflowMetadataService
+from platform_config import PlatformConfig
+from stacks.data_stack import DataStack
+from stacks.network_stack import NetworkStack
+
+
+class MetaflowStack(Stack):
+    """Metaflow: the metadata service (with its PostgreSQL) and the client-side AWS resources.
+
+    Stateful (the metadata database and the Step Functions state table): termination
+    protection and retained resources in a protected environment. Wires the diagram's
+    Metaflow Client -> Metaflow Metadata arrow: the client config's service URL is the
+    metadata load balancer, which admits the VPC's range (Batch jobs, notebooks over VPN).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PlatformConfig,
+        network: NetworkStack,
+        data: DataStack,
+        **kwargs,
+    ):
+        super().__init__(
+            scope, construct_id, termination_protection=config.protect_stateful_resources, **kwargs
+        )
+        self.add_stack_dependency(data)
+        protect = config.protect_stateful_resources
+        removal_policy = stateful_removal_policy(protect=protect)
+        key = data.data_lake.key
+        vpc_network = network.network
+        artifacts = s3.Bucket.from_bucket_attributes(
+            self,
+            "ArtifactsBucket",
+            bucket_name=bucket_name(config.bucket_prefix, "artifacts"),
+            encryption_key=key,
+        )
+        self.metadata = MetaflowMetadataService(
+            self,
+            "MetaflowMetadata",
+            config=config.metaflow,
+            vpc=vpc_network.vpc,
+            service_subnets=vpc_network.compute_subnets,
+            database_subnets=vpc_network.data_subnets,
+            client_cidr=config.network.cidr,
+            auth_key_parameter_name=f"/{config.resource_prefix}/metaflow/auth-key-secret",
+            protect=protect,
+            removal_policy=removal_policy,
+        )
+        self.client = MetaflowClient(
+            self,
+            "MetaflowClient",
+            config=config.metaflow,
+            name_prefix=config.resource_prefix,
+            vpc=vpc_network.vpc,
+            subnets=vpc_network.compute_subnets,
+            artifacts_bucket=artifacts,
+            encryption_key=key,
+            service_url=self.metadata.service_url,
+            internal_service_url=self.metadata.internal_url,
+            config_parameter_name=f"/{config.resource_prefix}/metaflow/config",
+            protect=protect,
+            removal_policy=removal_policy,
+        )
+        CfnOutput(self, "MetaflowServiceUrl", value=self.metadata.service_url)
+        if self.metadata.auth_key_secret is not None:
+            # Data scientists' tool reads the key: the pointer parameter, then the secret.
+            # Statements on the policy itself: a grant on the secret would try to edit the key
+            # policy, which a managed policy cannot be named in.
+            self.client.scientist_policy.add_statements(
+                iam.PolicyStatement(
+                    actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                    resources=[self.metadata.auth_key_secret.secret_arn],
+                ),
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt"],
+                    resources=[self.metadata.key.key_arn],
+                    conditions={
+                        "StringEquals": {
+                            "kms:ViaService": f"secretsmanager.{self.region}.amazonaws.com"
+                        }
+                    },
+                ),
+            )
+            self.metadata.auth_key_parameter.grant_read(self.client.scientist_policy)
+        CfnOutput(
+            self, "MetaflowConfigParameter", value=self.client.config_parameter.parameter_name
+        )
+        CfnOutput(self, "MetaflowConfig", value=self.to_json_string(self.client.client_config))
+        CfnOutput(self, "MetaflowGpuQueue", value=self.client.gpu_queue.job_queue_arn)
+        CfnOutput(
+            self,
+            "DataScientistPolicyArn",
+            value=self.client.scientist_policy.managed_policy_arn,
+        )

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_constructs.data_lake import bucket_name
+from cdk_constructs.orchestrator import (
+    RUN_DATE,
+    DataTrigger,
+    EmrStep,
+    Orchestrator,
+    QualityGateStep,
+    SignalTrigger,
+    TimeTrigger,
+    UpstreamTrigger,
+    Workflow,
+)
+from platform_config import PlatformConfig
+from stacks.data_stack import DataStack
+from stacks.processing_stack import RAW_EVENTS_PREFIX, STREAMING_PREFIX, ProcessingStack
+
+# Named signals and the parameters each must carry (Maestro-style signal triggers).
+SIGNALS = {"retrain-requested": ["model"], "features-requested": ["reason"]}
+# A backfilled day is complete when its _SUCCESS marker lands under this raw-zone prefix.
+BACKFILL_PREFIX = "backfill/member_interactions/"
+
+
+class OrchestrationStack(Stack):
+    """Maestro-style workflows (stateless: runs are history in Step Functions, not data).
+
+    Wires the diagram's Maestro -> Spark arrow (the feature job runs as a Step Functions
+    EMR step on the Spark cluster) and the triggers the diagram cannot show.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PlatformConfig,
+        data: DataStack,
+        processing: ProcessingStack,
+        **kwargs,
+    ):
+        super().__init__(scope, construct_id, **kwargs)
+        self.add_stack_dependency(data)
+        orchestration = config.orchestrator
+        raw, curated = (
+            s3.Bucket.from_bucket_attributes(
+                self,
+                f"{zone.capitalize()}Bucket",
+                bucket_name=bucket_name(config.bucket_prefix, zone),
+                encryption_key=data.data_lake.key,
+            )
+            for zone in ("raw", "curated")
+        )
+        train_recommender = Workflow(
+            name="train-recommender",
+            description="Daily: gate the raw events, then build curated data and features",
+            steps=(
+                QualityGateStep(
+                    name="raw-events-gate",
+                    bucket=raw,
+                    prefix_template=f"{RAW_EVENTS_PREFIX}/event_date={RUN_DATE}/",
+                    min_objects=orchestration.min_raw_objects,
+                    dead_letter_prefix_template=(
+                        f"{STREAMING_PREFIX}_dead_letter/member_interactions/"
+                        f"ingest_date={RUN_DATE}/"
+                    ),
+                    max_dead_letter_ratio=orchestration.max_dead_letter_ratio,
+                ),
+                EmrStep(
+                    name="spark-features",
+                    cluster_id=processing.spark.cluster_id,
+                    args=tuple(processing.spark_etl_args),
+                    depends_on=("raw-events-gate",),
+                ),
+            ),
+            triggers=(
+                TimeTrigger(
+                    cron=orchestration.train_recommender_cron, timezone=orchestration.timezone
+                ),
+                SignalTrigger(signal="retrain-requested", params={"model": "recommender"}),
+                DataTrigger(bucket=raw, prefix=BACKFILL_PREFIX),
+            ),
+        )
+        validate_features = Workflow(
+            name="validate-features",
+            description="After each feature build: the day's member features exist",
+            steps=(
+                QualityGateStep(
+                    name="features-gate",
+                    bucket=curated,
+                    prefix_template=f"features/member_features/feature_date={RUN_DATE}/",
+                    min_objects=1,
+                ),
+            ),
+            triggers=(
+                UpstreamTrigger(workflow="train-recommender"),
+                SignalTrigger(signal="features-requested", params={"reason": "manual"}),
+            ),
+        )
+        self.orchestrator = Orchestrator(
+            self,
+            "Orchestrator",
+            name_prefix=config.resource_prefix,
+            workflows=[train_recommender, validate_features],
+            signals=SIGNALS,
+            encryption_key=data.data_lake.key,
+            failure_emails=orchestration.failure_emails,
+            log_retention_days=config.network.flow_log_retention_days,
+        )
+        for name, machine in self.orchestrator.state_machines.items():
+            CfnOutput(
+                self,
+                f"{name.title().replace('-', '')}StateMachine",
+                value=machine.state_machine_arn,
+            )
+        CfnOutput(
+            self,
+            "SignalPublisherFunction",
+            value=self.orchestrator.signal_publisher.function.function_name,
+        )
+        CfnOutput(self, "SignalBusName", value=self.orchestrator.signal_bus.event_bus_name)
