@@ -13,6 +13,7 @@ that start it. Maestro's trigger kinds become concrete wiring:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aws_cdk import Duration, RemovalPolicy, TimeZone
@@ -35,6 +36,9 @@ from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants, 
 from cdk_constructs.function import PlatformFunction
 
 SIGNAL_SOURCE = "ml-platform.signals"
+# Where a failed state's error lands: under "failure" (catchers that set an output) or as
+# the whole input (custom states, whose catchers cannot).
+_FAILURE = "($states.input.failure ? $states.input.failure : $states.input)"
 # Placeholder in step arguments for the run's date, resolved by the quality gate.
 RUN_DATE = "{run_date}"
 
@@ -62,7 +66,20 @@ class EmrStep:
     depends_on: tuple[str, ...] = ()
 
 
-Step = QualityGateStep | EmrStep
+@dataclass(frozen=True)
+class TaskStep:
+    """A step whose state another container builds (training, registration): `build` gets
+    (scope, construct id, state name) and returns a task state; `grant` gives the state
+    machine's role what the task needs; `retry_errors` are the transient errors to retry."""
+
+    name: str
+    build: Callable[[Construct, str, str], sfn.TaskStateBase | sfn.CustomState]
+    retry_errors: tuple[str, ...]
+    grant: Callable[[iam.IRole], None] | None = None
+    depends_on: tuple[str, ...] = ()
+
+
+Step = QualityGateStep | EmrStep | TaskStep
 
 
 @dataclass(frozen=True)
@@ -230,8 +247,8 @@ class Orchestrator(PlatformContainer):
                 {
                     "workflow": workflow.name,
                     "execution": "{% $states.context.Execution.Id %}",
-                    "error": "{% $states.input.failure.Error %}",
-                    "cause": "{% $states.input.failure.Cause %}",
+                    "error": f"{{% {_FAILURE}.Error %}}",
+                    "cause": f"{{% {_FAILURE}.Cause %}}",
                 }
             ),
             outputs="{% $states.input %}",
@@ -242,11 +259,7 @@ class Orchestrator(PlatformContainer):
             task = self._task(workflow, step)
             # Transient service errors only: a failed gate or a failed job is an answer.
             task.add_retry(
-                errors=(
-                    ["EMR.AmazonElasticMapReduceException"]
-                    if isinstance(step, EmrStep)
-                    else ["Lambda.ServiceException", "Lambda.TooManyRequestsException"]
-                ),
+                errors=list(_retry_errors(step)),
                 interval=Duration.seconds(10),
                 max_attempts=3,
                 backoff_rate=2,
@@ -277,6 +290,9 @@ class Orchestrator(PlatformContainer):
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL),
             tracing_enabled=True,
         )
+        for step in workflow.steps:
+            if isinstance(step, TaskStep) and step.grant is not None:
+                step.grant(machine.role)
         acknowledge_wildcard_grants(
             machine.role,
             {
@@ -284,8 +300,12 @@ class Orchestrator(PlatformContainer):
                     "X-Ray tracing and CloudWatch Logs delivery for the state machine accept "
                     "only the `*` resource."
                 ),
-                r"Resource::<OrchestratorQualityGate.*\.Arn>:\*": (
-                    "Invoking any version of the one quality-gate function."
+                r"Resource::<(OrchestratorQualityGate|TrainingRegister).*\.Arn>:\*": (
+                    "Invoking any version of a workflow's own step function (quality gate, "
+                    "model registration)."
+                ),
+                r"Resource::arn:.*:sagemaker:.*:training-job/.*-recommender-\*": (
+                    "Training jobs are named per run under the recommender's prefix at run time."
                 ),
                 r"Resource::arn:.*:elasticmapreduce:.*:cluster/\*": (
                     "The CDK's EMR step task grants add/describe/cancel step on clusters; the "
@@ -295,8 +315,10 @@ class Orchestrator(PlatformContainer):
         )
         return machine
 
-    def _task(self, workflow: Workflow, step: Step) -> sfn.TaskStateBase:
+    def _task(self, workflow: Workflow, step: Step) -> sfn.TaskStateBase | sfn.CustomState:
         state_id = f"{workflow.name}-{step.name}"
+        if isinstance(step, TaskStep):
+            return step.build(self, state_id, step.name)
         if isinstance(step, QualityGateStep):
             # The gate only counts objects: listing needs neither GetObject nor the key.
             self.quality_gate.add_to_role_policy(
@@ -465,6 +487,14 @@ class Orchestrator(PlatformContainer):
                     )
                 ],
             )
+
+
+def _retry_errors(step: Step) -> tuple[str, ...]:
+    if isinstance(step, TaskStep):
+        return step.retry_errors
+    if isinstance(step, EmrStep):
+        return ("EMR.AmazonElasticMapReduceException",)
+    return ("Lambda.ServiceException", "Lambda.TooManyRequestsException")
 
 
 def _with_run_date(argument: str) -> str:

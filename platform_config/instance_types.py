@@ -69,3 +69,51 @@ RDS_INSTANCE_TYPES: frozenset[str] = frozenset(
     {f"t4g.{size}" for size in _RDS_SIZES[:5]}
     | {f"{family}.{size}" for family in ("m6g", "m7g", "r6g", "r7g") for size in _RDS_SIZES[3:]}
 )
+
+
+_SAGEMAKER_GPU_SIZES = {
+    "g4dn": ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge"),
+    "g5": (
+        "xlarge",
+        "2xlarge",
+        "4xlarge",
+        "8xlarge",
+        "12xlarge",
+        "16xlarge",
+        "24xlarge",
+        "48xlarge",
+    ),
+    "g6": (
+        "xlarge",
+        "2xlarge",
+        "4xlarge",
+        "8xlarge",
+        "12xlarge",
+        "16xlarge",
+        "24xlarge",
+        "48xlarge",
+    ),
+    "g6e": (
+        "xlarge",
+        "2xlarge",
+        "4xlarge",
+        "8xlarge",
+        "12xlarge",
+        "16xlarge",
+        "24xlarge",
+        "48xlarge",
+    ),
+    "p3": ("2xlarge", "8xlarge", "16xlarge"),
+    "p4d": ("24xlarge",),
+    "p5": ("48xlarge",),
+}
+# SageMaker training instance types with GPUs (what the training service runs on).
+SAGEMAKER_GPU_TRAINING_TYPES: frozenset[str] = frozenset(
+    f"ml.{family}.{size}" for family, sizes in _SAGEMAKER_GPU_SIZES.items() for size in sizes
+)
+# Real SageMaker training types without GPUs, named so a CPU type gets a specific message.
+SAGEMAKER_CPU_TRAINING_TYPES: frozenset[str] = frozenset(
+    f"ml.{family}.{size}"
+    for family in ("m5", "m6i", "m7i", "c5", "c6i", "c7i", "r5")
+    for size in ("large", "xlarge", "2xlarge", "4xlarge", "12xlarge", "24xlarge")
+)

@@ -20,6 +20,8 @@ from platform_config.instance_types import (
     MSK_BROKER_TYPES,
     MSK_BURSTABLE_TYPES,
     RDS_INSTANCE_TYPES,
+    SAGEMAKER_CPU_TRAINING_TYPES,
+    SAGEMAKER_GPU_TRAINING_TYPES,
     check_instance_type,
 )
 
@@ -319,6 +321,73 @@ class OrchestratorConfig(StrictModel):
         return value
 
 
+class TrainingConfig(StrictModel):
+    instance_type: str = "ml.g5.xlarge"
+    """A SageMaker GPU training instance type, e.g. ml.g5.xlarge or ml.p4d.24xlarge."""
+    volume_gib: int = Field(default=50, ge=1, le=16384)
+    max_runtime_minutes: int = Field(default=120, ge=5, le=40320)
+    use_spot: bool = True
+    """Managed spot training, resuming from checkpoints in the artifacts bucket."""
+    max_wait_minutes: int | None = Field(default=240, ge=5, le=40320)
+    """Longest a spot job may wait for capacity plus run; at least max_runtime_minutes."""
+    image_uri: str | None = None
+    """Training image; empty: the AWS PyTorch deep-learning image for the stack's region."""
+    network_isolation: bool = False
+    """Cut the training container off the network. Needs an image_uri with the script's
+    packages baked in: the deep-learning image installs requirements.txt at start-up."""
+    dlc_image_tag: str = Field(
+        default="2.6.0-gpu-py312-cu126-ubuntu22.04-sagemaker",
+        pattern=r"^\d+\.\d+\.\d+-gpu-py3\d+-cu\d+-ubuntu\d+\.\d+-sagemaker$",
+    )
+    """Tag of the PyTorch training deep-learning container used when image_uri is empty."""
+    inference_dlc_image_tag: str = Field(
+        default="2.6.0-gpu-py312-cu124-ubuntu22.04-sagemaker",
+        pattern=r"^\d+\.\d+\.\d+-(gpu|cpu)-py3\d+(-cu\d+)?-ubuntu\d+\.\d+-sagemaker$",
+    )
+    """Tag of the PyTorch inference container recorded with each registered model version."""
+    epochs: int = Field(default=20, ge=1, le=1000)
+    embedding_dim: int = Field(default=64, ge=4, le=1024)
+    approval_metric_floor: float = Field(default=0.05, ge=0, le=1)
+    """recall@k a new model version needs (and must beat the approved one) to be approved."""
+
+    @field_validator("instance_type")
+    @classmethod
+    def _gpu_training_type(cls, value: str) -> str:
+        if value in SAGEMAKER_CPU_TRAINING_TYPES:
+            raise ValueError(
+                "a CPU instance type; the training service runs on GPU types such as "
+                "ml.g5.xlarge, ml.g6.xlarge or ml.p4d.24xlarge"
+            )
+        return check_instance_type(value, SAGEMAKER_GPU_TRAINING_TYPES, "SageMaker GPU training")
+
+    @model_validator(mode="after")
+    def _spot_wait(self) -> TrainingConfig:
+        if self.network_isolation and self.image_uri is None:
+            raise FieldError(
+                ("network_isolation",),
+                True,
+                "needs image_uri: the deep-learning image installs the training "
+                "requirements at start-up, which an isolated container cannot download",
+            )
+        if self.use_spot:
+            if self.max_wait_minutes is None:
+                raise FieldError(
+                    ("max_wait_minutes",), None, "required with use_spot (at least max_runtime)"
+                )
+            if self.max_wait_minutes < self.max_runtime_minutes:
+                raise FieldError(
+                    ("max_wait_minutes",),
+                    self.max_wait_minutes,
+                    f"must be at least max_runtime_minutes ({self.max_runtime_minutes})",
+                )
+        return self
+
+
+class FeatureStoreConfig(StrictModel):
+    max_feature_age_hours: int = Field(default=36, ge=1, le=720)
+    """Freshness alarm: the newest member-feature record may be at most this old."""
+
+
 class PlatformConfig(StrictModel):
     env_name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,14}[a-z0-9]$")
     """Short environment name (2-16 lowercase letters, digits, dashes); part of every name."""
@@ -343,6 +412,8 @@ class PlatformConfig(StrictModel):
     spark: EmrClusterConfig
     metaflow: MetaflowConfig
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
 
     @field_validator("availability_zones")
     @classmethod

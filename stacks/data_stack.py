@@ -6,12 +6,15 @@ from constructs import Construct
 from cdk_constructs.base import stateful_removal_policy
 from cdk_constructs.data_catalog import DataCatalog
 from cdk_constructs.data_lake import DataLake
+from cdk_constructs.feature_store import FeatureStore
+from cdk_constructs.model_registry import ModelRegistry
 from cdk_constructs.online_store import OnlineStore
 from platform_config import PlatformConfig
 
 
 class DataStack(Stack):
-    """Stateful data: the data lake, its catalog and the online store.
+    """Stateful data: the data lake, its catalog, the online store, the feature store and the
+    model registry.
 
     In a protected environment the stack has termination protection and its resources are
     retained if it is ever deleted.
@@ -57,6 +60,25 @@ class DataStack(Stack):
             removal_policy=removal_policy,
         )
 
+        self.model_registry = ModelRegistry(
+            self,
+            "ModelRegistry",
+            name_prefix=config.resource_prefix,
+            models={"recommender": "Member x title recommender (implicit-feedback embeddings)"},
+            removal_policy=removal_policy,
+        )
+        self.feature_store = FeatureStore(
+            self,
+            "FeatureStore",
+            name_prefix=config.resource_prefix,
+            offline_bucket=self.data_lake.curated_bucket,
+            encryption_key=self.data_lake.key,
+            glue_database=self.catalog.database_names["features"],
+            max_feature_age_hours=config.feature_store.max_feature_age_hours,
+            log_retention_days=config.network.flow_log_retention_days,
+            removal_policy=removal_policy,
+        )
+
         for name, bucket in {
             "RawBucketName": self.data_lake.raw_bucket,
             "CuratedBucketName": self.data_lake.curated_bucket,
@@ -65,3 +87,7 @@ class DataStack(Stack):
             CfnOutput(self, name, value=bucket.bucket_name)
         CfnOutput(self, "DataKeyArn", value=self.data_lake.key.key_arn)
         CfnOutput(self, "KeyspaceName", value=self.online_store.keyspace_name)
+        CfnOutput(self, "MemberFeatureGroup", value=self.feature_store.member_features_name)
+        CfnOutput(
+            self, "RecommenderModelGroup", value=self.model_registry.group_names["recommender"]
+        )

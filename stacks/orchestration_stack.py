@@ -12,12 +12,15 @@ from cdk_constructs.orchestrator import (
     Orchestrator,
     QualityGateStep,
     SignalTrigger,
+    TaskStep,
     TimeTrigger,
     UpstreamTrigger,
     Workflow,
 )
+from cdk_constructs.training_service import TrainingService
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
+from stacks.network_stack import NetworkStack
 from stacks.processing_stack import RAW_EVENTS_PREFIX, STREAMING_PREFIX, ProcessingStack
 
 # Named signals and the parameters each must carry (Maestro-style signal triggers).
@@ -27,10 +30,13 @@ BACKFILL_PREFIX = "backfill/member_interactions/"
 
 
 class OrchestrationStack(Stack):
-    """Maestro-style workflows (stateless: runs are history in Step Functions, not data).
+    """Maestro-style workflows and the training service they launch (stateless: runs are
+    history in Step Functions and models live in the registry).
 
-    Wires the diagram's Maestro -> Spark arrow (the feature job runs as a Step Functions
-    EMR step on the Spark cluster) and the triggers the diagram cannot show.
+    Wires the diagram's Maestro -> Spark and Maestro -> Training arrows (EMR steps on the
+    Spark cluster, a SageMaker training job), S3 -> Training and Training -> S3 (the training
+    role reads curated data and writes its models prefix), and the triggers the diagram cannot
+    show.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class OrchestrationStack(Stack):
         construct_id: str,
         *,
         config: PlatformConfig,
+        network: NetworkStack,
         data: DataStack,
         processing: ProcessingStack,
         **kwargs,
@@ -46,18 +53,38 @@ class OrchestrationStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.add_stack_dependency(data)
         orchestration = config.orchestrator
-        raw, curated = (
+        raw, curated, artifacts = (
             s3.Bucket.from_bucket_attributes(
                 self,
                 f"{zone.capitalize()}Bucket",
                 bucket_name=bucket_name(config.bucket_prefix, zone),
                 encryption_key=data.data_lake.key,
             )
-            for zone in ("raw", "curated")
+            for zone in ("raw", "curated", "artifacts")
+        )
+        self.training = TrainingService(
+            self,
+            "Training",
+            config=config.training,
+            name_prefix=config.resource_prefix,
+            vpc=network.network.vpc,
+            subnets=network.network.compute_subnets,
+            curated_bucket=curated,
+            artifacts_bucket=artifacts,
+            encryption_key=data.data_lake.key,
+            input_prefixes={
+                "interactions": "member_interactions/",
+                "features": "features/member_features/",
+            },
+            model_package_group=data.model_registry.group_names["recommender"],
+            log_retention_days=config.network.flow_log_retention_days,
         )
         train_recommender = Workflow(
             name="train-recommender",
-            description="Daily: gate the raw events, then build curated data and features",
+            description=(
+                "Daily: gate the raw events, build curated data and features, load the "
+                "feature store, train on GPU and register the model version"
+            ),
             steps=(
                 QualityGateStep(
                     name="raw-events-gate",
@@ -75,6 +102,25 @@ class OrchestrationStack(Stack):
                     cluster_id=processing.spark.cluster_id,
                     args=tuple(processing.spark_etl_args),
                     depends_on=("raw-events-gate",),
+                ),
+                EmrStep(
+                    name="ingest-features",
+                    cluster_id=processing.spark.cluster_id,
+                    args=tuple(processing.feature_ingestion_args),
+                    depends_on=("spark-features",),
+                ),
+                TaskStep(
+                    name="train",
+                    build=self.training.training_task,
+                    grant=self.training.grant_start_training,
+                    retry_errors=("SageMaker.AmazonSageMakerException",),
+                    depends_on=("spark-features",),
+                ),
+                TaskStep(
+                    name="register-model",
+                    build=self.training.register_task,
+                    retry_errors=("Lambda.ServiceException", "Lambda.TooManyRequestsException"),
+                    depends_on=("train",),
                 ),
             ),
             triggers=(

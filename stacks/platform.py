@@ -80,6 +80,7 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
         app,
         f"{prefix}-orchestration",
         config=config,
+        network=network,
         data=data,
         processing=processing,
         **stack_props("orchestration"),

@@ -149,6 +149,18 @@ class ProcessingStack(Stack):
             "--features-database", data.catalog.database_names["features"],
             "--metrics-path", curated.s3_url_for_object("_runs/member_interactions/"),
         ]  # fmt: skip
+        # Features -> feature store: the batch ingestion path, run by the workflow after the ETL.
+        feature_store = data.feature_store
+        feature_store.grant_ingest(self.spark.instance_role)
+        self.feature_ingestion_args = [
+            "spark-submit", "--deploy-mode", "cluster",
+            f"{node_code}/jobs/batch/feature_ingestion.py",
+            "--features-path", curated.s3_url_for_object("features/member_features/"),
+            "--run-date", RUN_DATE,
+            "--feature-group", feature_store.member_features_name,
+            "--region", self.region,
+            "--marker-path", curated.s3_url_for_object(feature_store.marker_key),
+        ]  # fmt: skip
         CfnOutput(self, "FlinkClusterId", value=self.flink.cluster_id)
         CfnOutput(self, "SparkClusterId", value=self.spark.cluster_id)
         CfnOutput(self, "FlinkJobStepArgs", value=self.to_json_string(flink_step))

@@ -169,6 +169,31 @@ def test_user_file_merges_over_the_chosen_env(tmp_path):
             "orchestrator.train_recommender_cron = '0 3 * *': String should match pattern",
         ),
         (
+            "training:\n  instance_type: ml.m5.xlarge\n",
+            "training.instance_type = 'ml.m5.xlarge': a CPU instance type; the training service "
+            "runs on GPU types",
+        ),
+        (
+            "training:\n  instance_type: ml.g5.huge\n",
+            "training.instance_type = 'ml.g5.huge': not an instance type SageMaker GPU training",
+        ),
+        (
+            "training:\n  max_runtime_minutes: 120\n  max_wait_minutes: 60\n",
+            "training.max_wait_minutes = 60: must be at least max_runtime_minutes (120)",
+        ),
+        (
+            "training:\n  use_spot: true\n  max_wait_minutes:\n",
+            "training.max_wait_minutes = None: required with use_spot",
+        ),
+        (
+            "training:\n  network_isolation: true\n",
+            "training.network_isolation = True: needs image_uri",
+        ),
+        (
+            "training:\n  dlc_image_tag: latest\n",
+            "training.dlc_image_tag = 'latest': String should match pattern",
+        ),
+        (
             "kafka:\n  topics: []\n",
             "kafka.topics = []: List should have at least 1 item",
         ),

@@ -68,7 +68,7 @@ def test_train_recommender_gates_then_runs_the_spark_feature_job(each_env):
     args = spark["Arguments"]["Step"]["HadoopJarStep"]["Args"]
     assert args[args.index("--run-date") + 1] == "{% $states.input.run_date %}"
     assert "jobs/batch/interaction_etl.py" in " ".join(args)
-    assert spark["Next"] == "Done"
+    assert spark["Next"] == "ingest-features"
 
 
 def test_every_task_retries_transient_errors_and_reports_failures(each_env):
@@ -80,14 +80,12 @@ def test_every_task_retries_transient_errors_and_reports_failures(each_env):
             (retry,) = task["Retry"]
             assert retry["MaxAttempts"] == 3
             assert "States.ALL" not in retry["ErrorEquals"]
-            assert task["Catch"] == [
-                {
-                    "ErrorEquals": ["States.ALL"],
-                    "Output": "{% $merge([$states.input, {'failure': $states.errorOutput}]) %}",
-                    "Next": "Notify failure",
-                }
-            ]
+            (catch,) = task["Catch"]
+            assert catch["ErrorEquals"] == ["States.ALL"]
+            assert catch["Next"] == "Notify failure"
         assert ":states:::sns:publish" in states["Notify failure"]["Resource"]
+        message = states["Notify failure"]["Arguments"]["Message"]
+        assert "$states.input.failure" in message["error"]
         assert states["Notify failure"]["Next"] == "Failed"
 
 

@@ -29,6 +29,9 @@ TAG_CONTRACT = {
     "MetaflowMetadata": ("metaflow-metadata", "metadata-store"),
     "MetaflowClient": ("metaflow-client", "workflow-sdk"),
     "Orchestrator": ("maestro", "orchestrator"),
+    "Training": ("training", "model-training"),
+    "ModelRegistry": ("model-registry", "model-registry"),
+    "FeatureStore": ("feature-store", "feature-store"),
 }
 
 STACKS = ("network", "data", "streaming", "processing", "metaflow", "orchestration")
@@ -200,7 +203,7 @@ def test_dependency_chain_stays_short(each_env):
     assert names(platform.streaming) == ["data", "network"]
     assert names(platform.processing) == ["data", "network", "streaming"]
     assert names(platform.metaflow) == ["data", "network"]
-    assert names(platform.orchestration) == ["data", "processing"]
+    assert names(platform.orchestration) == ["data", "network", "processing"]
 
 
 @pytest.mark.parametrize(

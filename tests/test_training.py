@@ -1,0 +1,161 @@
+"""TrainingService: GPU SageMaker training from the workflow, least privilege, registry."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from cdk_constructs.training_service import (
+    METRIC_NAMES,
+    TRAINING_CODE,
+    dlc_image,
+    source_tarball,
+)
+
+
+def test_training_code_tarball_is_reproducible(tmp_path):
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = source_tarball(TRAINING_CODE, first_dir)
+    second = source_tarball(TRAINING_CODE, second_dir)
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(first.read_bytes()), mode="r:gz") as archive:
+        names = archive.getnames()
+    assert "train.py" in names
+    assert "requirements.txt" in names
+    assert not any("__pycache__" in name for name in names)
+
+
+@pytest.mark.parametrize(
+    ("region", "account"),
+    [("us-east-1", "763104351884"), ("eu-west-1", "763104351884"), ("ap-east-1", "871362719292")],
+)
+def test_dlc_images_resolve_by_region_without_credentials(region, account):
+    assert dlc_image(region, "pytorch-training", "t") == (
+        f"{account}.dkr.ecr.{region}.amazonaws.com/pytorch-training:t"
+    )
+
+
+def training_state(synth) -> dict:
+    from tests.test_orchestrator import definition
+
+    return definition(synth, "train-recommender")["States"]["train"]
+
+
+def test_workflow_runs_training_after_features_then_registers(each_env):
+    from tests.test_orchestrator import definition
+
+    states = definition(each_env, "train-recommender")["States"]
+    assert states["spark-features"]["Next"] == "ingest-features"
+    assert states["ingest-features"]["Next"] == "train"
+    assert states["train"]["Next"] == "register-model"
+    assert states["register-model"]["Next"] == "Done"
+    assert states["train"]["Resource"].endswith(":states:::sagemaker:createTrainingJob.sync")
+
+
+def test_training_job_runs_on_the_configured_gpu_with_limits(each_env):
+    arguments = training_state(each_env)["Arguments"]
+    training = each_env.config.training
+    resources = arguments["ResourceConfig"]
+    assert resources["InstanceType"] == training.instance_type
+    assert resources["InstanceCount"] == 1
+    assert resources["VolumeSizeInGB"] == training.volume_gib
+    assert resources["VolumeKmsKeyId"] == "REF"
+    stopping = arguments["StoppingCondition"]
+    assert stopping["MaxRuntimeInSeconds"] == training.max_runtime_minutes * 60
+    assert arguments["EnableManagedSpotTraining"] is training.use_spot
+    assert stopping["MaxWaitTimeInSeconds"] == training.max_wait_minutes * 60
+    assert arguments["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    assert arguments["EnableNetworkIsolation"] is training.network_isolation
+    assert arguments["EnableInterContainerTrafficEncryption"] is True
+    assert arguments["OutputDataConfig"]["KmsKeyId"] == "REF"
+    assert len(arguments["VpcConfig"]["Subnets"]) == len(each_env.config.availability_zones)
+
+
+def test_metrics_are_defined_so_they_reach_cloudwatch_and_the_registry(each_env):
+    definitions = training_state(each_env)["Arguments"]["AlgorithmSpecification"][
+        "MetricDefinitions"
+    ]
+    assert [d["Name"] for d in definitions] == list(METRIC_NAMES)
+    for definition in definitions:
+        assert definition["Regex"] == f"METRIC {definition['Name']}=([0-9.eE+-]+)"
+
+
+def test_training_reads_its_channels_from_the_curated_zone(each_env):
+    channels = training_state(each_env)["Arguments"]["InputDataConfig"]
+    uris = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in channels}
+    assert set(uris) == {"interactions", "features"}
+    assert uris["interactions"].endswith("/member_interactions/")
+    assert uris["features"].endswith("/features/member_features/")
+    hyperparameters = training_state(each_env)["Arguments"]["HyperParameters"]
+    assert hyperparameters["sagemaker_program"] == "train.py"
+    assert hyperparameters["epochs"] == str(each_env.config.training.epochs)
+
+
+def training_role_statements(synth) -> list[dict]:
+    policies = synth.template("orchestration").find_resources("AWS::IAM::Policy")
+    (policy,) = [p for lid, p in policies.items() if lid.startswith("TrainingRoleDefaultPolicy")]
+    return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def test_training_role_reads_inputs_writes_only_its_models_prefix(each_env):
+    statements = training_role_statements(each_env)
+    env = each_env.config.env_name
+    writes = [
+        s for s in statements if any(a.startswith(("s3:Put", "s3:Delete")) for a in _actions(s))
+    ]
+    (write,) = writes
+    assert json.dumps(write["Resource"]).count(f"models/ml-platform-{env}-recommender/*") >= 1
+    assert f"mlp-{env}-curated-" not in json.dumps(write["Resource"])
+    reads = json.dumps([s["Resource"] for s in statements if "s3:GetObject*" in _actions(s)])
+    assert "/member_interactions/*" in reads
+    assert "/features/member_features/*" in reads
+    assert f"mlp-{env}-raw-" not in json.dumps(statements)
+    ecr = [s for s in statements if "ecr:BatchGetImage" in _actions(s)]
+    assert "repository/pytorch-training" in json.dumps(ecr)
+
+
+def _actions(statement: dict) -> list[str]:
+    actions = statement["Action"]
+    return actions if isinstance(actions, list) else [actions]
+
+
+def test_state_machine_may_start_only_recommender_training_jobs(each_env):
+    policies = each_env.template("orchestration").find_resources("AWS::IAM::Policy")
+    (machine,) = [
+        p
+        for lid, p in policies.items()
+        if lid.startswith("OrchestratortrainrecommenderworkflowRoleDefaultPolicy")
+    ]
+    statements = machine["Properties"]["PolicyDocument"]["Statement"]
+    (create,) = [s for s in statements if "sagemaker:CreateTrainingJob" in _actions(s)]
+    assert f"training-job/ml-platform-{each_env.config.env_name}-recommender-*" in json.dumps(
+        create["Resource"]
+    )
+    assert any("iam:PassRole" in _actions(s) for s in statements)
+
+
+def test_registration_step_carries_the_approval_policy(each_env):
+    from tests.test_orchestrator import definition
+
+    payload = definition(each_env, "train-recommender")["States"]["register-model"]["Arguments"]
+    assert payload["model_package_group"] == f"ml-platform-{each_env.config.env_name}-recommender"
+    assert payload["metric"] == "recall_at_k"
+    assert payload["metric_floor"] == each_env.config.training.approval_metric_floor
+    assert payload["training_job_name"] == "{% $states.input.training_job_name %}"
+    assert "pytorch-inference" in payload["inference_image"]
+
+
+def test_model_package_group_is_retained_in_prod(dev, prod):
+    for synth, policy in ((dev, "Delete"), (prod, "Retain")):
+        (group,) = (
+            synth.template("data").find_resources("AWS::SageMaker::ModelPackageGroup").values()
+        )
+        assert group["DeletionPolicy"] == policy
+        assert group["Properties"]["ModelPackageGroupName"] == (
+            f"ml-platform-{synth.config.env_name}-recommender"
+        )

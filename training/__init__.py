@@ -1,0 +1,1 @@
+"""Model-training code that the platform runs as SageMaker training jobs."""

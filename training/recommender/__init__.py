@@ -1,0 +1,1 @@
+"""SageMaker script-mode training job of the title recommender (BPR matrix factorization)."""
