@@ -33,33 +33,20 @@ def check_instance_type(value: str, allowed: frozenset[str], service: str) -> st
     return value
 
 
-# EC2 GPU instance types AWS Batch can run Metaflow @batch(gpu=...) steps on.
+_LARGE_SIZES = (
+    "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge"
+)  # fmt: skip
+# GPU instance families and sizes, as EC2 (AWS Batch) and SageMaker ("ml." prefix) name them.
 _GPU_SIZES = {
-    "g4dn": ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge"),
-    "g5": (
-        "xlarge",
-        "2xlarge",
-        "4xlarge",
-        "8xlarge",
-        "12xlarge",
-        "16xlarge",
-        "24xlarge",
-        "48xlarge",
-    ),
-    "g6": (
-        "xlarge",
-        "2xlarge",
-        "4xlarge",
-        "8xlarge",
-        "12xlarge",
-        "16xlarge",
-        "24xlarge",
-        "48xlarge",
-    ),
+    "g4dn": _LARGE_SIZES[:6],
+    "g5": _LARGE_SIZES,
+    "g6": _LARGE_SIZES,
+    "g6e": _LARGE_SIZES,
     "p3": ("2xlarge", "8xlarge", "16xlarge"),
     "p4d": ("24xlarge",),
     "p5": ("48xlarge",),
 }
+# EC2 GPU instance types AWS Batch can run Metaflow @batch(gpu=...) steps on.
 BATCH_GPU_INSTANCE_TYPES: frozenset[str] = frozenset(
     f"{family}.{size}" for family, sizes in _GPU_SIZES.items() for size in sizes
 )
@@ -71,45 +58,9 @@ RDS_INSTANCE_TYPES: frozenset[str] = frozenset(
 )
 
 
-_SAGEMAKER_GPU_SIZES = {
-    "g4dn": ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge"),
-    "g5": (
-        "xlarge",
-        "2xlarge",
-        "4xlarge",
-        "8xlarge",
-        "12xlarge",
-        "16xlarge",
-        "24xlarge",
-        "48xlarge",
-    ),
-    "g6": (
-        "xlarge",
-        "2xlarge",
-        "4xlarge",
-        "8xlarge",
-        "12xlarge",
-        "16xlarge",
-        "24xlarge",
-        "48xlarge",
-    ),
-    "g6e": (
-        "xlarge",
-        "2xlarge",
-        "4xlarge",
-        "8xlarge",
-        "12xlarge",
-        "16xlarge",
-        "24xlarge",
-        "48xlarge",
-    ),
-    "p3": ("2xlarge", "8xlarge", "16xlarge"),
-    "p4d": ("24xlarge",),
-    "p5": ("48xlarge",),
-}
 # SageMaker training instance types with GPUs (what the training service runs on).
 SAGEMAKER_GPU_TRAINING_TYPES: frozenset[str] = frozenset(
-    f"ml.{family}.{size}" for family, sizes in _SAGEMAKER_GPU_SIZES.items() for size in sizes
+    f"ml.{name}" for name in BATCH_GPU_INSTANCE_TYPES
 )
 # Real SageMaker training types without GPUs, named so a CPU type gets a specific message.
 SAGEMAKER_CPU_TRAINING_TYPES: frozenset[str] = frozenset(

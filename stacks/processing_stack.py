@@ -139,7 +139,7 @@ class ProcessingStack(Stack):
         ]  # fmt: skip
         self.spark_etl_args = [
             "spark-submit", "--deploy-mode", "cluster",
-            f"{node_code}/jobs/batch/interaction_etl.py",
+            "--py-files", f"{node_code}/jobs.zip", f"{node_code}/jobs/batch/interaction_etl.py",
             "--raw-path", raw.s3_url_for_object(f"{RAW_EVENTS_PREFIX}/"),
             "--run-date", RUN_DATE,
             "--curated-path", curated.s3_url_for_object("member_interactions/"),
@@ -154,7 +154,7 @@ class ProcessingStack(Stack):
         feature_store.grant_ingest(self.spark.instance_role)
         self.feature_ingestion_args = [
             "spark-submit", "--deploy-mode", "cluster",
-            f"{node_code}/jobs/batch/feature_ingestion.py",
+            "--py-files", f"{node_code}/jobs.zip", f"{node_code}/jobs/batch/feature_ingestion.py",
             "--features-path", curated.s3_url_for_object("features/member_features/"),
             "--run-date", RUN_DATE,
             "--feature-group", feature_store.member_features_name,

@@ -40,6 +40,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from jobs.batch.spark_io import iso_date, path_exists, write_text
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -327,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--features-path", required=True, help="location of member_features")
     parser.add_argument(
-        "--run-date", required=True, type=_iso_date, help="feature_date to ingest (YYYY-MM-DD)"
+        "--run-date", required=True, type=iso_date, help="feature_date to ingest (YYYY-MM-DD)"
     )
     parser.add_argument("--feature-group", required=True, help="Feature Store feature group")
     parser.add_argument("--region", required=True, help="region of the feature group")
@@ -365,7 +367,7 @@ def read_partition(spark: SparkSession, features_path: str, run_date: date) -> D
     from pyspark.sql import functions as sf
 
     path = f"{features_path.rstrip('/')}/feature_date={run_date.isoformat()}"
-    if not _path_exists(spark, path):
+    if not path_exists(spark, path):
         raise IngestionInputError(f"feature partition not found: {path}")
     schema = ", ".join(f"{name} {kind}" for name, kind in FEATURE_FILE_COLUMNS)
     frame = spark.read.schema(schema).parquet(path)
@@ -429,7 +431,7 @@ def run(
         "newest_event_time": summary.newest_event_time_millis / 1000,
         "ingested_at": _iso_utc(clock()),
     }
-    _write_text(spark, args.marker_path, json.dumps(marker, indent=2) + "\n")
+    write_text(spark, args.marker_path, json.dumps(marker, indent=2) + "\n")
     return marker
 
 
@@ -504,36 +506,6 @@ def _with_datetimes(values: dict[str, Any]) -> dict[str, Any]:
         if values.get(name) is not None:
             values[name] = _EPOCH + timedelta(microseconds=values[name])
     return values
-
-
-def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    # The same helpers as interaction_etl's: the job is submitted as a lone file, so it cannot
-    # import its sibling on the cluster.
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
-
-
-def _path_exists(spark: SparkSession, path: str) -> bool:
-    filesystem, hadoop_path = _hadoop_path(spark, path)
-    return bool(filesystem.exists(hadoop_path))
-
-
-def _write_text(spark: SparkSession, path: str, text: str) -> None:
-    # Hadoop's FileSystem writes to s3:// on EMR and to local paths alike.
-    filesystem, hadoop_path = _hadoop_path(spark, path)
-    stream = filesystem.create(hadoop_path, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
-
-
-def _iso_date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from None
 
 
 def _positive_int(value: str) -> int:

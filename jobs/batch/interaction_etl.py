@@ -33,6 +33,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
+from jobs.batch.spark_io import hadoop_path, iso_date, path_exists, write_text
+
 EVENT_TYPES = ("IMPRESSION", "PLAY", "COMPLETE", "THUMBS_UP", "THUMBS_DOWN", "ADD_TO_LIST")
 REQUIRED_FIELDS = (
     "event_id",
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--raw-path", required=True, help="raw zone root of the streaming job")
     parser.add_argument(
-        "--run-date", required=True, type=_iso_date, help="event_date to process (YYYY-MM-DD)"
+        "--run-date", required=True, type=iso_date, help="event_date to process (YYYY-MM-DD)"
     )
     parser.add_argument("--curated-path", required=True, help="location of member_interactions")
     parser.add_argument("--features-path", required=True, help="location of member_features")
@@ -116,7 +118,7 @@ def read_raw_events(spark: SparkSession, raw_path: str, run_date: date) -> DataF
     :class:`EtlInputError` when the date's partition does not exist.
     """
     path = f"{raw_path.rstrip('/')}/event_date={run_date.isoformat()}"
-    if not _path_exists(spark, path):
+    if not path_exists(spark, path):
         raise EtlInputError(f"raw partition not found: {path}")
     return (
         spark.read.schema(RAW_SCHEMA)
@@ -290,7 +292,7 @@ def overwrite_partition(
         rows.select(*columns).write.insertInto(table, overwrite=True)
         return
     location = _table_location(spark, table).rstrip("/")
-    filesystem, partition_path = _hadoop_path(
+    filesystem, partition_path = hadoop_path(
         spark, f"{location}/{partition_column}={partition_value.isoformat()}"
     )
     if filesystem.exists(partition_path):
@@ -354,7 +356,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> dict[str, Any]:
         "feature_rows": _partition_count(spark, features_table, "feature_date", args.run_date),
     }
     if args.metrics_path:
-        _write_text(
+        write_text(
             spark,
             metrics_file(args.metrics_path, args.run_date),
             json.dumps(metrics, indent=2, sort_keys=True),
@@ -398,34 +400,6 @@ def _table_location(spark: SparkSession, table: str) -> str:
 
 def _partition_count(spark: SparkSession, table: str, column: str, value: date) -> int:
     return spark.table(table).where(sf.col(column) == sf.lit(value)).count()
-
-
-def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
-
-
-def _path_exists(spark: SparkSession, path: str) -> bool:
-    filesystem, hadoop_path = _hadoop_path(spark, path)
-    return bool(filesystem.exists(hadoop_path))
-
-
-def _write_text(spark: SparkSession, path: str, text: str) -> None:
-    # Hadoop's FileSystem writes to s3:// on EMR and to local paths alike, without boto3.
-    filesystem, hadoop_path = _hadoop_path(spark, path)
-    stream = filesystem.create(hadoop_path, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
-
-
-def _iso_date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from None
 
 
 def _identifier(value: str) -> str:
