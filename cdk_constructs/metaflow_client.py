@@ -166,16 +166,7 @@ class MetaflowClient(PlatformContainer):
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
             description="Runs Metaflow flows deployed with step-functions create",
         )
-        self.step_functions_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["batch:SubmitJob"],
-                resources=[
-                    self.cpu_queue.job_queue_arn,
-                    self.gpu_queue.job_queue_arn,
-                    f"arn:{stack.partition}:batch:{region}:{account}:job-definition/*",
-                ],
-            )
-        )
+        self.step_functions_role.add_to_policy(self._submit_jobs_statement())
         self.step_functions_role.add_to_policy(
             iam.PolicyStatement(
                 # Batch accepts no resource-level scoping for these.
@@ -275,6 +266,18 @@ class MetaflowClient(PlatformContainer):
             },
         )
 
+    def _submit_jobs_statement(self) -> iam.PolicyStatement:
+        """Submitting Batch jobs, to this platform's two queues only."""
+        stack = Stack.of(self)
+        return iam.PolicyStatement(
+            actions=["batch:SubmitJob"],
+            resources=[
+                self.cpu_queue.job_queue_arn,
+                self.gpu_queue.job_queue_arn,
+                f"arn:{stack.partition}:batch:{stack.region}:{stack.account}:job-definition/*",
+            ],
+        )
+
     def _scientist_policy(
         self,
         name_prefix: str,
@@ -291,14 +294,7 @@ class MetaflowClient(PlatformContainer):
             managed_policy_name=f"{name_prefix}-metaflow-data-scientist",
             description="Run Metaflow flows on Batch and schedule them with Step Functions",
             statements=[
-                iam.PolicyStatement(
-                    actions=["batch:SubmitJob"],
-                    resources=[
-                        self.cpu_queue.job_queue_arn,
-                        self.gpu_queue.job_queue_arn,
-                        f"arn:{partition}:batch:{region}:{account}:job-definition/*",
-                    ],
-                ),
+                self._submit_jobs_statement(),
                 iam.PolicyStatement(
                     # Batch accepts no resource-level scoping for these.
                     actions=[
