@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from jobs.batch.spark_io import iso_date, path_exists, write_text
+from jobs.batch.spark_io import iso_date, path_exists, require_non_empty, write_text
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -351,9 +351,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv``, exiting with a usage error that names the offending argument."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("features_path", "feature_group", "region", "marker_path"):
-        if not getattr(args, flag).strip():
-            parser.error(f"--{flag.replace('_', '-')} must not be empty")
+    require_non_empty(parser, args, ("features_path", "feature_group", "region", "marker_path"))
     return args
 
 

@@ -33,7 +33,13 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
-from jobs.batch.spark_io import hadoop_path, iso_date, path_exists, write_text
+from jobs.batch.spark_io import (
+    hadoop_path,
+    iso_date,
+    path_exists,
+    require_non_empty,
+    write_text,
+)
 
 EVENT_TYPES = ("IMPRESSION", "PLAY", "COMPLETE", "THUMBS_UP", "THUMBS_DOWN", "ADD_TO_LIST")
 REQUIRED_FIELDS = (
@@ -105,9 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv``, exiting with a usage error that names the offending argument."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("raw_path", "curated_path", "features_path", "quarantine_path"):
-        if not getattr(args, flag).strip():
-            parser.error(f"--{flag.replace('_', '-')} must not be empty")
+    require_non_empty(
+        parser, args, ("raw_path", "curated_path", "features_path", "quarantine_path")
+    )
     return args
 
 

@@ -43,3 +43,12 @@ def iso_date(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from None
+
+
+def require_non_empty(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, flags: tuple[str, ...]
+) -> None:
+    """Usage error (exit 2) naming the first of `flags` given as a blank string."""
+    for flag in flags:
+        if not getattr(args, flag).strip():
+            parser.error(f"--{flag.replace('_', '-')} must not be empty")
