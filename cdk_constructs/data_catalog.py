@@ -76,7 +76,7 @@ class DataCatalog(PlatformContainer):
         )
         self.schema_registry.apply_removal_policy(removal_policy)
         self.schemas: dict[str, glue.CfnSchema] = {}
-        self._register_schemas(topics)
+        self._register_schemas(topics, removal_policy)
 
         if manage_catalog_encryption:
             glue.CfnDataCatalogEncryptionSettings(
@@ -128,16 +128,36 @@ class DataCatalog(PlatformContainer):
             resource_arns=resources,
         )
 
-    def _register_schemas(self, topics: list[KafkaTopicConfig]) -> None:
+    def _register_schemas(
+        self, topics: list[KafkaTopicConfig], removal_policy: RemovalPolicy
+    ) -> None:
         for topic in topics:
+            name = "".join(p.capitalize() for p in topic.name.replace(".", "-").split("-"))
+            first, *later = topic.schema_versions
             schema = glue.CfnSchema(
                 self,
-                f"Schema{''.join(p.capitalize() for p in topic.name.replace('.', '-').split('-'))}",
+                f"Schema{name}",
                 name=topic.name,
                 registry=glue.CfnSchema.RegistryProperty(arn=self.schema_registry.attr_arn),
                 data_format="AVRO",
                 compatibility=topic.schema_compatibility,
-                schema_definition=topic.schema_definition,
+                # Never edited after creation (CloudFormation cannot update a definition):
+                # later versions are schema versions below, checked by the registry against
+                # the compatibility mode.
+                schema_definition=first,
                 description=f"Values of the {topic.name} topic ({topic.schema_file})",
             )
+            schema.apply_removal_policy(removal_policy)
+            previous: glue.CfnSchemaVersion | glue.CfnSchema = schema
+            for number, definition in enumerate(later, start=2):
+                version = glue.CfnSchemaVersion(
+                    self,
+                    f"Schema{name}V{number}",
+                    schema=glue.CfnSchemaVersion.SchemaProperty(schema_arn=schema.attr_arn),
+                    schema_definition=definition,
+                )
+                # The registry numbers versions in the order they arrive.
+                version.add_dependency(previous)
+                version.apply_removal_policy(removal_policy)
+                previous = version
             self.schemas[topic.name] = schema

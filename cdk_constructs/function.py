@@ -11,6 +11,7 @@ from aws_cdk import AssetHashType, BundlingOptions, DockerImage, Duration, ILoca
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk_constructs.base import acknowledge, log_retention
@@ -63,8 +64,9 @@ class PlatformFunction(Construct):
     """Lambda function for a handler in `lambda/<name>/handler.py`.
 
     Secure defaults: the latest Python runtime on ARM, its own log group with retention, a
-    bounded timeout, (when given a VPC) private subnets only, and a role that starts with
-    nothing but writing its logs: callers grant the rest.
+    bounded timeout, (when given a VPC) private subnets only, (when given one) a dead-letter
+    queue for asynchronous invocations that fail, and a role that starts with nothing but
+    writing its logs: callers grant the rest.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class PlatformFunction(Construct):
         vpc: ec2.IVpc | None = None,
         vpc_subnets: ec2.SubnetSelection | None = None,
         security_groups: list[ec2.ISecurityGroup] | None = None,
+        dead_letter_queue: sqs.IQueue | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention(log_retention_days))
@@ -98,6 +101,7 @@ class PlatformFunction(Construct):
             vpc=vpc,
             vpc_subnets=vpc_subnets,
             security_groups=security_groups,
+            dead_letter_queue=dead_letter_queue,
         )
         role = self.function.role
         acknowledge(

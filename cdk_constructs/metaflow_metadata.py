@@ -118,6 +118,10 @@ class MetaflowMetadataService(PlatformContainer):
             cloudwatch_logs_exports=["postgresql"],
             parameters={"rds.force_ssl": "1"},
         )
+        # The secret holds the only copy of the master credentials, so it lives as long as the
+        # database (the RDS L2 leaves it at DESTROY whatever the instance's policy). The
+        # instance's `secret` is the attachment; the secret itself is found by id.
+        self.database.node.find_child("Secret").apply_removal_policy(removal_policy)
         database_port = self.database.db_instance_endpoint_port
         acknowledge(
             self.database,

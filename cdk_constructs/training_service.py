@@ -51,6 +51,8 @@ METRIC_NAMES = (
     "popularity_ndcg_at_k",
 )
 DECISIVE_METRIC = "recall_at_k"
+# Slack beyond the job's own stopping condition before the workflow gives up on the state.
+_STATE_TIMEOUT_MARGIN_SECONDS = 30 * 60
 
 
 def dlc_image(region: str, repository: str, tag: str) -> str:
@@ -292,6 +294,13 @@ class TrainingService(PlatformContainer):
             },
         )
 
+    @property
+    def longest_job_seconds(self) -> int:
+        """The longest a training job may take, waiting for spot capacity included."""
+        config = self._config
+        minutes = config.max_wait_minutes if config.use_spot else config.max_runtime_minutes
+        return minutes * 60
+
     def training_task(
         self, scope: Construct, construct_id: str, state_name: str
     ) -> sfn.CustomState:
@@ -375,6 +384,9 @@ class TrainingService(PlatformContainer):
                 "Type": "Task",
                 "Resource": f"arn:{stack.partition}:states:::sagemaker:createTrainingJob.sync",
                 "Arguments": arguments,
+                # The job's own limits stop it first; this only catches a wait that never
+                # ends (Step Functions then stops the job).
+                "TimeoutSeconds": self.longest_job_seconds + _STATE_TIMEOUT_MARGIN_SECONDS,
                 "Output": (
                     "{% $merge([$states.input, "
                     "{'training_job_name': $states.result.TrainingJobName}]) %}"
@@ -438,5 +450,6 @@ class TrainingService(PlatformContainer):
             ),
             payload_response_only=True,
             retry_on_service_exceptions=False,
+            task_timeout=sfn.Timeout.duration(Duration.minutes(5)),
             outputs="{% $merge([$states.input, {'registration': $states.result}]) %}",
         )

@@ -12,7 +12,14 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from platform_config.instance_types import (
     BATCH_GPU_INSTANCE_TYPES,
@@ -107,26 +114,54 @@ SchemaCompatibility = Literal[
 ]
 
 
+def _schema_exists(value: str) -> str:
+    if not (REPO_ROOT / value).is_file():
+        raise ValueError("no such file in the repository")
+    return value
+
+
+AvroSchemaFile = Annotated[
+    str,
+    Field(pattern=r"^schemas/avro/[a-z0-9_]+\.avsc$"),
+    AfterValidator(_schema_exists),
+]
+
+
 class KafkaTopicConfig(StrictModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9._-]{1,249}$")
     """Topic name; also the name of its schema in the registry."""
     partitions: int = Field(ge=1, le=1000)
     retention_hours: int = Field(default=168, ge=1, le=8760)
-    schema_file: str = Field(pattern=r"^schemas/avro/[a-z0-9_]+\.avsc$")
+    schema_file: AvroSchemaFile
     """Avro schema of the topic's values, relative to the repository root."""
+    previous_schema_files: list[AvroSchemaFile] = Field(default_factory=list)
+    """Earlier versions of the schema, oldest first. The registry's schema is created with the
+    oldest and every later file becomes a schema version: CloudFormation cannot edit a
+    registered definition in place, so a change to the schema is a new file appended here."""
     schema_compatibility: SchemaCompatibility = "BACKWARD"
     """How the registry checks a new schema version against the previous ones."""
 
-    @field_validator("schema_file")
-    @classmethod
-    def _schema_exists(cls, value: str) -> str:
-        if not (REPO_ROOT / value).is_file():
-            raise ValueError("no such file in the repository")
-        return value
+    @model_validator(mode="after")
+    def _versions_distinct(self) -> KafkaTopicConfig:
+        files = [*self.previous_schema_files, self.schema_file]
+        if len(set(files)) != len(files):
+            raise FieldError(
+                ("previous_schema_files",),
+                self.previous_schema_files,
+                "each version is its own file, and the current schema_file is not among them",
+            )
+        return self
 
     @property
     def schema_definition(self) -> str:
+        """The current schema, which producers and the streaming job validate against."""
         return (REPO_ROOT / self.schema_file).read_text(encoding="utf-8")
+
+    @property
+    def schema_versions(self) -> list[str]:
+        """Every registered definition, oldest first; the last is the current one."""
+        files = [*self.previous_schema_files, self.schema_file]
+        return [(REPO_ROOT / name).read_text(encoding="utf-8") for name in files]
 
 
 class KafkaConfig(StrictModel):
@@ -167,11 +202,20 @@ class KafkaConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> KafkaConfig:
-        if self.min_insync_replicas > self.replication_factor:
+        # With min ISR equal to RF, one broker down (a patch, a failure) blocks every acks=all
+        # producer; one replica of headroom keeps the topic writable.
+        if self.replication_factor > 1 and self.min_insync_replicas >= self.replication_factor:
             raise FieldError(
                 ("min_insync_replicas",),
                 self.min_insync_replicas,
-                f"must not exceed replication_factor ({self.replication_factor})",
+                f"must be lower than replication_factor ({self.replication_factor}), so one "
+                "broker can be down without blocking acks=all producers",
+            )
+        if self.replication_factor == 1 and self.min_insync_replicas > 1:
+            raise FieldError(
+                ("min_insync_replicas",),
+                self.min_insync_replicas,
+                "must be 1 with replication_factor 1",
             )
         if self.storage_autoscaling_max_gib is not None:
             if self.broker_instance_type in MSK_BURSTABLE_TYPES:
@@ -300,8 +344,11 @@ class OrchestratorConfig(StrictModel):
     """Quality gate: fewest raw-zone objects a day needs before features are built."""
     max_dead_letter_ratio: float = Field(default=0.05, ge=0, le=1)
     """Quality gate: highest share of dead-lettered events a day may have."""
-    failure_emails: list[str] = Field(default_factory=list)
-    """Addresses subscribed to workflow failure notifications."""
+    workflow_timeout_minutes: int = Field(default=720, ge=5, le=10080)
+    """Longest a workflow run may take before it stops as TIMED_OUT (and notifies)."""
+    emr_step_timeout_minutes: int = Field(default=180, ge=5, le=10080)
+    """Longest one EMR step of a workflow may run; on time-out Step Functions cancels the
+    step, so a hung job cannot block the cluster's later runs."""
 
     @field_validator("timezone")
     @classmethod
@@ -310,14 +357,6 @@ class OrchestratorConfig(StrictModel):
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError("not an IANA time zone, e.g. UTC or America/Los_Angeles") from None
-        return value
-
-    @field_validator("failure_emails")
-    @classmethod
-    def _emails(cls, value: list[str]) -> list[str]:
-        for address in value:
-            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
-                raise ValueError(f"{address!r} is not an e-mail address")
         return value
 
 
@@ -383,6 +422,31 @@ class TrainingConfig(StrictModel):
         return self
 
 
+class AlertsConfig(StrictModel):
+    emails: list[str] = Field(default_factory=list)
+    """Who is told: e-mail subscribers of the platform's alert topic (every alarm, every failed,
+    timed-out or aborted workflow run). A protected environment needs at least one."""
+
+    @field_validator("emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        if len(set(value)) != len(value):
+            raise ValueError("listed more than once")
+        return value
+
+
+class EmrTlsConfig(StrictModel):
+    certificates: Literal["generated", "provided"] = "generated"
+    """`generated`: the deploy creates a self-signed certificate for the region's internal
+    domain and writes the zip EMR's in-transit encryption reads. `provided`: you put your own
+    zip at the same key of the artifacts bucket before the processing stack deploys."""
+    validity_days: int = Field(default=825, ge=30, le=3650)
+    """Validity of a generated certificate; a new one is made when this changes."""
+
+
 class FeatureStoreConfig(StrictModel):
     max_feature_age_hours: int = Field(default=36, ge=1, le=720)
     """Freshness alarm: the newest member-feature record may be at most this old."""
@@ -414,6 +478,8 @@ class PlatformConfig(StrictModel):
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    emr_tls: EmrTlsConfig = Field(default_factory=EmrTlsConfig)
 
     @field_validator("availability_zones")
     @classmethod
@@ -449,6 +515,13 @@ class PlatformConfig(StrictModel):
                 ("kafka", "replication_factor"),
                 self.kafka.replication_factor,
                 f"at most the number of brokers ({brokers})",
+            )
+        if self.protect_stateful_resources and not self.alerts.emails:
+            raise FieldError(
+                ("alerts", "emails"),
+                [],
+                "a protected environment needs at least one subscriber, or failures and "
+                "alarms reach no one",
             )
         if self.network.nat_gateways > len(self.availability_zones):
             raise FieldError(

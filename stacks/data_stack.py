@@ -3,6 +3,7 @@ from __future__ import annotations
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.base import stateful_removal_policy
 from cdk_constructs.data_catalog import DataCatalog
 from cdk_constructs.data_lake import DataLake
@@ -77,6 +78,10 @@ class DataStack(Stack):
             max_feature_age_hours=config.feature_store.max_feature_age_hours,
             log_retention_days=config.network.flow_log_retention_days,
             removal_policy=removal_policy,
+        )
+
+        AlertTarget(self, name_prefix=config.resource_prefix).notify(
+            self.feature_store.freshness_alarm
         )
 
         for name, bucket in {

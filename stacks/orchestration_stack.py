@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.data_lake import bucket_name
 from cdk_constructs.orchestrator import (
     RUN_DATE,
@@ -79,12 +80,15 @@ class OrchestrationStack(Stack):
             model_package_group=data.model_registry.group_names["recommender"],
             log_retention_days=config.network.flow_log_retention_days,
         )
+        workflow_timeout = Duration.minutes(orchestration.workflow_timeout_minutes)
+        emr_step_timeout = Duration.minutes(orchestration.emr_step_timeout_minutes)
         train_recommender = Workflow(
             name="train-recommender",
             description=(
                 "Daily: gate the raw events, build curated data and features, load the "
                 "feature store, train on GPU and register the model version"
             ),
+            timeout=workflow_timeout,
             steps=(
                 QualityGateStep(
                     name="raw-events-gate",
@@ -101,24 +105,28 @@ class OrchestrationStack(Stack):
                     name="spark-features",
                     cluster_id=processing.spark.cluster_id,
                     args=tuple(processing.spark_etl_args),
+                    timeout=emr_step_timeout,
                     depends_on=("raw-events-gate",),
                 ),
+                # Loading the feature store and training both need only the day's features,
+                # so they run at once.
                 EmrStep(
                     name="ingest-features",
                     cluster_id=processing.spark.cluster_id,
                     args=tuple(processing.feature_ingestion_args),
+                    timeout=emr_step_timeout,
                     depends_on=("spark-features",),
                 ),
                 TaskStep(
                     name="train",
-                    build=self.training.training_task,
-                    grant=self.training.grant_start_training,
+                    build_state=self.training.training_task,
+                    grant_to=self.training.grant_start_training,
                     retry_errors=("SageMaker.AmazonSageMakerException",),
                     depends_on=("spark-features",),
                 ),
                 TaskStep(
                     name="register-model",
-                    build=self.training.register_task,
+                    build_state=self.training.register_task,
                     retry_errors=("Lambda.ServiceException", "Lambda.TooManyRequestsException"),
                     depends_on=("train",),
                 ),
@@ -134,6 +142,7 @@ class OrchestrationStack(Stack):
         validate_features = Workflow(
             name="validate-features",
             description="After each feature build: the day's member features exist",
+            timeout=workflow_timeout,
             steps=(
                 QualityGateStep(
                     name="features-gate",
@@ -153,8 +162,7 @@ class OrchestrationStack(Stack):
             name_prefix=config.resource_prefix,
             workflows=[train_recommender, validate_features],
             signals=SIGNALS,
-            encryption_key=data.data_lake.key,
-            failure_emails=orchestration.failure_emails,
+            alerts=AlertTarget(self, name_prefix=config.resource_prefix),
             log_retention_days=config.network.flow_log_retention_days,
         )
         for name, machine in self.orchestrator.state_machines.items():
@@ -166,6 +174,6 @@ class OrchestrationStack(Stack):
         CfnOutput(
             self,
             "SignalPublisherFunction",
-            value=self.orchestrator.signal_publisher.function.function_name,
+            value=self.orchestrator.signal_bus.publisher.function.function_name,
         )
-        CfnOutput(self, "SignalBusName", value=self.orchestrator.signal_bus.event_bus_name)
+        CfnOutput(self, "SignalBusName", value=self.orchestrator.signal_bus.bus.event_bus_name)

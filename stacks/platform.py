@@ -9,6 +9,7 @@ from cdk_nag import AwsSolutionsChecks
 
 from cdk_constructs.base import ENV_TAG
 from platform_config import PlatformConfig
+from stacks.alerts_stack import AlertsStack
 from stacks.data_stack import DataStack
 from stacks.metaflow_stack import MetaflowStack
 from stacks.network_stack import NetworkStack
@@ -19,6 +20,7 @@ from stacks.streaming_stack import StreamingStack
 
 @dataclass(frozen=True)
 class Platform:
+    alerts: AlertsStack
     network: NetworkStack
     data: DataStack
     streaming: StreamingStack
@@ -29,6 +31,7 @@ class Platform:
     @property
     def stacks(self) -> list:
         return [
+            self.alerts,
             self.network,
             self.data,
             self.streaming,
@@ -49,6 +52,7 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
     def stack_props(name: str) -> dict:
         return {"stack_name": f"{prefix}-{name}", "env": env}
 
+    alerts = AlertsStack(app, f"{prefix}-alerts", config=config, **stack_props("alerts"))
     network = NetworkStack(app, f"{prefix}-network", config=config, **stack_props("network"))
     data = DataStack(app, f"{prefix}-data", config=config, **stack_props("data"))
     streaming = StreamingStack(
@@ -85,7 +89,11 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
         processing=processing,
         **stack_props("orchestration"),
     )
+    # Stacks that alarm or publish failures import the alert topic by name.
+    for stack in (data, processing, orchestration):
+        stack.add_stack_dependency(alerts)
     platform = Platform(
+        alerts=alerts,
         network=network,
         data=data,
         streaming=streaming,

@@ -121,8 +121,26 @@ def test_user_file_merges_over_the_chosen_env(tmp_path):
             "spark.max_capacity_units = 1: must be at least core_instance_count (2)",
         ),
         (
-            "kafka:\n  min_insync_replicas: 3\n",
-            "kafka.min_insync_replicas = 3: must not exceed replication_factor (2)",
+            "kafka:\n  min_insync_replicas: 2\n",
+            "kafka.min_insync_replicas = 2: must be lower than replication_factor (2), so one "
+            "broker can be down without blocking acks=all producers",
+        ),
+        (
+            "kafka:\n  replication_factor: 1\n  min_insync_replicas: 2\n",
+            "kafka.min_insync_replicas = 2: must be 1 with replication_factor 1",
+        ),
+        (
+            "kafka:\n  topics:\n    - name: t\n      partitions: 1\n"
+            "      schema_file: schemas/avro/member_interaction_event.avsc\n"
+            "      previous_schema_files: [schemas/avro/member_interaction_event.avsc]\n",
+            "kafka.topics.0.previous_schema_files = "
+            "['schemas/avro/member_interaction_event.avsc']: each version is its own file",
+        ),
+        (
+            "kafka:\n  topics:\n    - name: t\n      partitions: 1\n"
+            "      schema_file: schemas/avro/member_interaction_event.avsc\n"
+            "      previous_schema_files: [schemas/avro/v0.avsc]\n",
+            "kafka.topics.0.previous_schema_files.0 = 'schemas/avro/v0.avsc': no such file",
         ),
         (
             "kafka:\n  replication_factor: 3\n  min_insync_replicas: 2\n",
@@ -161,8 +179,24 @@ def test_user_file_merges_over_the_chosen_env(tmp_path):
             "orchestrator.timezone = 'Mars/Olympus': not an IANA time zone",
         ),
         (
-            "orchestrator:\n  failure_emails: [ops]\n",
-            "orchestrator.failure_emails = ['ops']: 'ops' is not an e-mail address",
+            "alerts:\n  emails: [ops]\n",
+            "alerts.emails = ['ops']: 'ops' is not an e-mail address",
+        ),
+        (
+            "alerts:\n  emails: [a@example.com, a@example.com]\n",
+            "alerts.emails = ['a@example.com', 'a@example.com']: listed more than once",
+        ),
+        (
+            "protect_stateful_resources: true\n",
+            "alerts.emails = []: a protected environment needs at least one subscriber",
+        ),
+        (
+            "orchestrator:\n  emr_step_timeout_minutes: 1\n",
+            "orchestrator.emr_step_timeout_minutes = 1: Input should be greater than or equal to 5",
+        ),
+        (
+            "emr_tls:\n  certificates: self-signed\n",
+            "emr_tls.certificates = 'self-signed': Input should be 'generated' or 'provided'",
         ),
         (
             "orchestrator:\n  train_recommender_cron: '0 3 * *'\n",

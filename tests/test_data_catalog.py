@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from aws_cdk.assertions import Match
+from aws_cdk import App, RemovalPolicy, Stack
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk.assertions import Match, Template
+
+from cdk_constructs.data_catalog import DataCatalog
+from platform_config import model
 
 
 @pytest.mark.parametrize(
@@ -60,6 +68,45 @@ def test_dev_leaves_the_account_wide_catalog_setting_alone(dev):
 
 
 def test_catalog_resources_follow_the_environment_removal_policy(dev, prod):
-    for cfn_type in ("AWS::Glue::Database", "AWS::Glue::Registry"):
+    for cfn_type in ("AWS::Glue::Database", "AWS::Glue::Registry", "AWS::Glue::Schema"):
         dev.template("data").all_resources(cfn_type, {"DeletionPolicy": "Delete"})
         prod.template("data").all_resources(cfn_type, {"DeletionPolicy": "Retain"})
+
+
+def test_a_changed_schema_is_registered_as_a_new_version(tmp_path, monkeypatch):
+    """The first definition is never edited (CloudFormation cannot); later ones are versions."""
+    avro = tmp_path / "schemas" / "avro"
+    avro.mkdir(parents=True)
+    first = {"type": "record", "name": "E", "fields": [{"name": "id", "type": "string"}]}
+    second = {**first, "fields": [*first["fields"], {"name": "n", "type": "int", "default": 0}]}
+    (avro / "e_v1.avsc").write_text(json.dumps(first))
+    (avro / "e_v2.avsc").write_text(json.dumps(second))
+    monkeypatch.setattr(model, "REPO_ROOT", tmp_path)
+    topic = model.KafkaTopicConfig.model_validate(
+        {
+            "name": "events",
+            "partitions": 1,
+            "schema_file": "schemas/avro/e_v2.avsc",
+            "previous_schema_files": ["schemas/avro/e_v1.avsc"],
+        }
+    )
+    stack = Stack(App(), "Bare", env={"account": "123456789012", "region": "eu-west-1"})
+    bucket = s3.Bucket(stack, "Lake")
+    DataCatalog(
+        stack,
+        "Catalog",
+        name_prefix="bare",
+        registry_name="bare-events",
+        zone_locations=dict.fromkeys(("raw", "curated", "features"), bucket),
+        encryption_key=kms.Key(stack, "Key"),
+        manage_catalog_encryption=False,
+        topics=[topic],
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+    template = Template.from_stack(stack)
+    (schema_id, schema), *_ = template.find_resources("AWS::Glue::Schema").items()
+    assert json.loads(schema["Properties"]["SchemaDefinition"]) == first
+    (version,) = template.find_resources("AWS::Glue::SchemaVersion").values()
+    assert json.loads(version["Properties"]["SchemaDefinition"]) == second
+    assert version["Properties"]["Schema"] == {"SchemaArn": {"Fn::GetAtt": [schema_id, "Arn"]}}
+    assert version["DeletionPolicy"] == "Retain"

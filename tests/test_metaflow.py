@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -40,6 +41,20 @@ def test_prod_protects_the_database_and_dev_does_not(dev, prod):
     assert only(prod, "AWS::RDS::DBInstance")["DeletionPolicy"] == "Retain"
     assert only(dev, "AWS::RDS::DBInstance")["Properties"]["DeletionProtection"] is False
     assert only(dev, "AWS::RDS::DBInstance")["DeletionPolicy"] == "Delete"
+
+
+def test_the_database_secret_lives_as_long_as_the_database(dev, prod):
+    for synth, policy in ((prod, "Retain"), (dev, "Delete")):
+        (database,) = resources(synth, "AWS::RDS::DBInstance").values()
+        # The instance resolves its password from exactly one secret.
+        (secret_id,) = set(
+            re.findall(
+                r'"Ref": "([^"]+)"', json.dumps(database["Properties"]["MasterUserPassword"])
+            )
+        )
+        assert (
+            resources(synth, "AWS::SecretsManager::Secret")[secret_id]["DeletionPolicy"] == policy
+        )
 
 
 def test_credentials_reach_the_service_as_ecs_secrets_never_plain_env(each_env):

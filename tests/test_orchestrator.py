@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from cdk_constructs.orchestrator import EmrStep, execution_order
+from cdk_constructs.workflow import with_run_date
 from stacks.orchestration_stack import BACKFILL_PREFIX, SIGNALS
 
 
@@ -28,26 +29,14 @@ def definition(synth, workflow: str) -> dict:
     return json.loads(text)
 
 
-def step(name: str, *depends_on: str) -> EmrStep:
-    return EmrStep(name=name, cluster_id="j-1", args=(), depends_on=depends_on)
-
-
-def test_steps_run_in_dependency_order():
-    ordered = execution_order((step("c", "b"), step("a"), step("b", "a")))
-    assert [s.name for s in ordered] == ["a", "b", "c"]
-
-
-@pytest.mark.parametrize(
-    ("steps", "message"),
-    [
-        ((step("a", "b"), step("b", "a")), "cycle"),
-        ((step("a", "x"),), "unknown"),
-        ((step("a"), step("a")), "distinct"),
-    ],
-)
-def test_bad_dependencies_are_refused(steps, message):
-    with pytest.raises(ValueError, match=message):
-        execution_order(steps)
+def all_states(states: dict) -> dict:
+    """Every state of a definition, those inside Parallel branches included."""
+    found = {}
+    for name, state in states.items():
+        found[name] = state
+        for branch in state.get("Branches", []):
+            found.update(all_states(branch["States"]))
+    return found
 
 
 def test_train_recommender_gates_then_runs_the_spark_feature_job(each_env):
@@ -68,25 +57,90 @@ def test_train_recommender_gates_then_runs_the_spark_feature_job(each_env):
     args = spark["Arguments"]["Step"]["HadoopJarStep"]["Args"]
     assert args[args.index("--run-date") + 1] == "{% $states.input.run_date %}"
     assert "jobs/batch/interaction_etl.py" in " ".join(args)
-    assert spark["Next"] == "ingest-features"
 
 
-def test_every_task_retries_transient_errors_and_reports_failures(each_env):
+def test_train_recommender_loads_features_and_trains_at_once(each_env):
+    states = definition(each_env, "train-recommender")["States"]
+    # train depends only on spark-features: it must not wait for the feature-store load.
+    fork = states[states["spark-features"]["Next"]]
+    assert fork["Type"] == "Parallel"
+    branches = {b["StartAt"]: b["States"] for b in fork["Branches"]}
+    assert set(branches) == {"ingest-features", "train"}
+    assert branches["ingest-features"]["ingest-features"]["End"] is True
+    assert branches["train"]["train"]["Next"] == "register-model"
+    assert branches["train"]["register-model"]["End"] is True
+    # Every branch passes the run's state on; the block's output is their merge.
+    assert fork["Output"] == "{% $merge($states.result) %}"
+    assert fork["Next"] == "Done"
+
+
+def test_every_run_and_every_task_has_a_time_out(each_env):
+    orchestrator = each_env.config.orchestrator
     for workflow in ("train-recommender", "validate-features"):
-        states = definition(each_env, workflow)["States"]
-        tasks = {n: s for n, s in states.items() if s["Type"] == "Task" and n != "Notify failure"}
+        machine = definition(each_env, workflow)
+        assert machine["TimeoutSeconds"] == orchestrator.workflow_timeout_minutes * 60
+        for name, state in all_states(machine["States"]).items():
+            if state["Type"] == "Task":
+                assert state["TimeoutSeconds"] > 0, name
+    states = all_states(definition(each_env, "train-recommender")["States"])
+    for emr_step in ("spark-features", "ingest-features"):
+        assert states[emr_step]["TimeoutSeconds"] == orchestrator.emr_step_timeout_minutes * 60
+    training = each_env.config.training
+    longest = (
+        training.max_wait_minutes if training.use_spot else training.max_runtime_minutes
+    ) * 60
+    assert states["train"]["TimeoutSeconds"] > longest
+
+
+def test_every_task_retries_transient_errors_only(each_env):
+    for workflow in ("train-recommender", "validate-features"):
+        states = all_states(definition(each_env, workflow)["States"])
+        tasks = {n: s for n, s in states.items() if s["Type"] == "Task"}
         assert tasks
         for task in tasks.values():
             (retry,) = task["Retry"]
             assert retry["MaxAttempts"] == 3
             assert "States.ALL" not in retry["ErrorEquals"]
-            (catch,) = task["Catch"]
-            assert catch["ErrorEquals"] == ["States.ALL"]
-            assert catch["Next"] == "Notify failure"
-        assert ":states:::sns:publish" in states["Notify failure"]["Resource"]
-        message = states["Notify failure"]["Arguments"]["Message"]
-        assert "$states.input.failure" in message["error"]
-        assert states["Notify failure"]["Next"] == "Failed"
+            # A failure fails the run; the status rule reports it (a Catch would hide it).
+            assert "Catch" not in task
+
+
+def test_every_unsuccessful_run_is_reported_to_the_alert_topic(each_env):
+    (rule,) = [
+        r
+        for r in rules(each_env)
+        if r["EventPattern"].get("detail", {}).get("status") == ["FAILED", "TIMED_OUT", "ABORTED"]
+    ]
+    watched = json.dumps(rule["EventPattern"]["detail"]["stateMachineArn"])
+    assert "trainrecommender" in watched.lower()
+    assert "validatefeatures" in watched.lower()
+    (target,) = rule["Targets"]
+    topic = f"ml-platform-{each_env.config.env_name}-alerts"
+    assert topic in json.dumps(target["Arn"])
+    # EventBridge puts each path's JSON value (quoted string, or null) where <name> stands.
+    template = re.sub(r"<[\w-]+>", "null", target["InputTransformer"]["InputTemplate"])
+    message = json.loads(template)
+    assert set(message) == {"alert", "status", "execution", "error", "cause"}
+    assert target["InputTransformer"]["InputPathsMap"]["detail-error"] == "$.detail.error"
+    assert "DeadLetterConfig" in target
+
+
+def test_every_trigger_retries_and_keeps_what_it_cannot_deliver(each_env):
+    queues = resources(each_env, "AWS::SQS::Queue")
+    (dead_letters,) = [lid for lid in queues if lid.startswith("OrchestratorTriggerDeadLetters")]
+    targets = [t for r in rules(each_env) for t in r["Targets"]]
+    (schedule,) = resources(each_env, "AWS::Scheduler::Schedule").values()
+    targets.append(schedule["Properties"]["Target"])
+    assert len(targets) >= 6
+    for target in targets:
+        assert dead_letters in json.dumps(target["DeadLetterConfig"])
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] == 8
+    (starter,) = [
+        f
+        for f in resources(each_env, "AWS::Lambda::Function").values()
+        if "PREFIX" in f["Properties"]["Environment"]["Variables"]
+    ]
+    assert dead_letters in json.dumps(starter["Properties"]["DeadLetterConfig"])
 
 
 def test_state_machines_log_and_trace(each_env):
@@ -94,17 +148,6 @@ def test_state_machines_log_and_trace(each_env):
         properties = machine["Properties"]
         assert properties["LoggingConfiguration"]["Level"] == "ALL"
         assert properties["TracingConfiguration"] == {"Enabled": True}
-
-
-def test_failure_topic_is_encrypted_and_tls_only(each_env):
-    (topic,) = resources(each_env, "AWS::SNS::Topic").values()
-    assert "DataLakeKey" in json.dumps(topic["Properties"]["KmsMasterKeyId"])
-    (policy,) = resources(each_env, "AWS::SNS::TopicPolicy").values()
-    statements = policy["Properties"]["PolicyDocument"]["Statement"]
-    assert any(
-        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-        for s in statements
-    )
 
 
 def test_time_trigger_is_a_schedule_in_the_configured_zone(each_env):
@@ -133,8 +176,14 @@ def test_signal_triggers_match_name_and_parameters_on_the_signal_bus(each_env):
         (["features-requested"], {"params": {"reason": ["manual"]}}),
         (["retrain-requested"], {"params": {"model": ["recommender"]}}),
     ]
+    buses = resources(each_env, "AWS::Events::EventBus")
+    (bus,) = [
+        lid
+        for lid, bus in buses.items()
+        if bus["Properties"]["Name"] == f"ml-platform-{each_env.config.env_name}-signals"
+    ]
     for rule in signal_rules:
-        assert "SignalBus" in json.dumps(rule["EventBusName"])
+        assert rule["EventBusName"] == {"Ref": bus}
 
 
 def test_data_trigger_listens_for_objects_under_the_backfill_prefix(each_env):
@@ -152,9 +201,13 @@ def test_data_trigger_listens_for_objects_under_the_backfill_prefix(each_env):
 
 
 def test_upstream_trigger_starts_validation_after_training_succeeds(each_env):
-    (rule,) = [r for r in rules(each_env) if r["EventPattern"].get("source") == ["aws.states"]]
+    (rule,) = [
+        r
+        for r in rules(each_env)
+        if r["EventPattern"].get("source") == ["aws.states"]
+        and r["EventPattern"]["detail"]["status"] == ["SUCCEEDED"]
+    ]
     detail = rule["EventPattern"]["detail"]
-    assert detail["status"] == ["SUCCEEDED"]
     assert "trainrecommender" in json.dumps(detail["stateMachineArn"]).lower()
     assert "validatefeatures" in json.dumps(rule["Targets"][0]["Arn"]).lower()
 
@@ -172,7 +225,7 @@ def test_signal_publisher_knows_the_declared_signals_and_is_idempotent(each_env)
     ]
     environment = publisher["Properties"]["Environment"]["Variables"]
     assert json.loads(environment["SIGNALS"]) == SIGNALS
-    assert "SignalIdempotency" in json.dumps(environment["IDEMPOTENCY_TABLE"])
+    assert "SignalsIdempotency" in json.dumps(environment["IDEMPOTENCY_TABLE"])
     (table,) = resources(each_env, "AWS::DynamoDB::GlobalTable").values()
     assert table["Properties"]["TimeToLiveSpecification"] == {
         "AttributeName": "expiration",
@@ -192,9 +245,7 @@ def test_quality_gate_may_only_list_the_buckets_it_checks(each_env):
 
 
 def test_embedded_run_date_placeholders_are_refused():
-    from cdk_constructs.orchestrator import _with_run_date
-
-    assert _with_run_date("{run_date}") == "{% $states.input.run_date %}"
-    assert _with_run_date("--run-date") == "--run-date"
+    assert with_run_date("{run_date}") == "{% $states.input.run_date %}"
+    assert with_run_date("--run-date") == "--run-date"
     with pytest.raises(ValueError, match="whole argument"):
-        _with_run_date("s3://bucket/{run_date}/")
+        with_run_date("s3://bucket/{run_date}/")

@@ -1,0 +1,172 @@
+"""The platform's one alert path: an encrypted SNS topic that alarms and failure events reach.
+
+Part of the Monitoring container: every alarm of every stack notifies this topic, and every
+failed, timed-out or aborted workflow run is published to it, so a person subscribed here hears
+of each failure once.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants
+
+# The AWS services that publish to the topic (alarm actions, rule targets) and that deliver to
+# the platform's dead-letter queues, encrypting with the alert key as they do.
+ALERT_PUBLISHERS = ("cloudwatch.amazonaws.com", "events.amazonaws.com")
+
+
+def alert_topic_name(name_prefix: str) -> str:
+    return f"{name_prefix}-alerts"
+
+
+def alert_key_alias(name_prefix: str) -> str:
+    return f"alias/{name_prefix}/alerts"
+
+
+class Alerting(PlatformContainer):
+    """The alert topic, its KMS key and its subscribers.
+
+    Secure defaults:
+    - the topic is encrypted with its own customer-managed key (rotation on) whose policy lets
+      CloudWatch alarms and EventBridge use it only on behalf of this account, so the services
+      that publish can (an encrypted topic the publisher cannot use drops the very message
+      that reports a failure);
+    - the topic accepts TLS only;
+    - the same key encrypts the platform's dead-letter queues, which EventBridge writes to.
+    """
+
+    container = "monitoring"
+    stereotype = "ml-monitoring"
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name_prefix: str,
+        emails: list[str],
+        removal_policy: RemovalPolicy,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        account = Stack.of(self).account
+        self.key = kms.Key(
+            self,
+            "Key",
+            alias=alert_key_alias(name_prefix),
+            description="Encrypts the ML platform's alerts and dead letters",
+            enable_key_rotation=True,
+            removal_policy=removal_policy,
+        )
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AlertPublishers",
+                principals=[iam.ServicePrincipal(service) for service in ALERT_PUBLISHERS],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": account}},
+            )
+        )
+        self.topic = sns.Topic(
+            self,
+            "Topic",
+            topic_name=alert_topic_name(name_prefix),
+            display_name=f"{name_prefix} alerts",
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+        # Rules and alarms of the other stacks import the topic by name, so the CDK cannot add
+        # their publish permissions here; this account's alarms and rules may publish.
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AlertPublishers",
+                principals=[iam.ServicePrincipal(service) for service in ALERT_PUBLISHERS],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": account}},
+            )
+        )
+        for address in emails:
+            self.topic.add_subscription(subscriptions.EmailSubscription(address))
+
+
+class AlertTarget:
+    """What a stack needs to alert: the topic and key, imported by their deterministic names
+    so a stack depends on the alerting stack without cross-stack exports."""
+
+    def __init__(self, scope: Construct, *, name_prefix: str) -> None:
+        stack = Stack.of(scope)
+        self.topic = sns.Topic.from_topic_arn(
+            scope,
+            "AlertTopic",
+            stack.format_arn(service="sns", resource=alert_topic_name(name_prefix)),
+        )
+        self.key_alias = alert_key_alias(name_prefix)
+        self.key = kms.Alias.from_alias_name(scope, "AlertKey", self.key_alias)
+        self._scope = scope
+
+    def notify(self, alarm: cloudwatch.Alarm) -> cloudwatch.Alarm:
+        """Send the alarm's state changes (into ALARM and back to OK) to the alert topic."""
+        action = cloudwatch_actions.SnsAction(self.topic)
+        alarm.add_alarm_action(action)
+        alarm.add_ok_action(action)
+        return alarm
+
+    def grant_encrypt(self, grantee: iam.IGrantable) -> None:
+        """Send to the encrypted dead-letter queues: use of the alert key, matched by its
+        alias because the key's id is not known outside its stack."""
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                resources=[
+                    Stack.of(self._scope).format_arn(
+                        service="kms", resource="key", resource_name="*"
+                    )
+                ],
+                conditions={"ForAnyValue:StringEquals": {"kms:ResourceAliases": self.key_alias}},
+            )
+        )
+        acknowledge_wildcard_grants(
+            grantee.grant_principal,
+            {
+                r"Resource::arn:.*:kms:.*:key/\*": (
+                    "Any key id, but a condition on kms:ResourceAliases admits only the "
+                    "platform's alert key, whose id is not known outside its stack."
+                )
+            },
+        )
+
+    def dead_letter_queue(self, scope: Construct, construct_id: str, *, purpose: str) -> sqs.Queue:
+        """An encrypted dead-letter queue in `scope` (the construct it serves, whose container
+        it belongs to) whose depth alarms through the alert topic."""
+        queue = sqs.Queue(
+            scope,
+            construct_id,
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.key,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        self.notify(
+            cloudwatch.Alarm(
+                scope,
+                f"{construct_id}Depth",
+                alarm_description=f"Undelivered events in the dead-letter queue of {purpose}",
+                metric=queue.metric_approximate_number_of_messages_visible(
+                    period=Duration.minutes(5), statistic="Maximum"
+                ),
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            )
+        )
+        return queue
