@@ -9,6 +9,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# PyFlink 1.20 pins numpy and pyarrow too old for .venv, so its test has a venv of its own.
+FLINK_VENV := .venv-flink
+FLINK_REQUIREMENTS := tests/flink/requirements.txt
+FLINK_STAMP := $(FLINK_VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # The CLI would otherwise phone home for notices and telemetry; synth stays offline.
 export CDK_DISABLE_CLI_TELEMETRY := true
@@ -18,7 +22,7 @@ CONFIG ?=
 CDK_CONTEXT := -c env=$(ENV) $(if $(CONFIG),-c config=$(CONFIG))
 CDK := npx --no-install cdk --no-notices
 
-.PHONY: install synth test lint format bench diff deploy clean
+.PHONY: install synth test test-flink lint format bench bench-serving diff deploy clean
 
 install: $(STAMP)
 
@@ -26,6 +30,13 @@ $(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The requirements file pulls in the EMR Flink requirements with -r, so those count too.
+$(FLINK_STAMP): $(FLINK_REQUIREMENTS) jobs/requirements-emr-flink.txt jobs/requirements-emr.txt
+	test -x $(FLINK_VENV)/bin/python || $(PYTHON) -m venv $(FLINK_VENV)
+	$(FLINK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r $(FLINK_REQUIREMENTS)
 	touch $@
 
 synth: $(STAMP)
@@ -38,6 +49,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-flink
+
+# --noconftest: tests/conftest.py imports the CDK, which .venv-flink does not have.
+test-flink: $(FLINK_STAMP)
+	$(FLINK_VENV)/bin/python -m pytest --noconftest tests/flink
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -45,6 +61,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_synth.py
+
+bench-serving: $(STAMP)
+	$(BIN)/python tools/bench_serving.py
 
 diff: $(STAMP)
 	$(CDK) diff --all $(CDK_CONTEXT)

@@ -10,15 +10,21 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants
+from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wildcard_grants
 
+# Every way a Step Functions run can end without succeeding; a Catch inside a machine sees
+# only failures, so the status events are what reports time-outs and aborts.
+UNSUCCESSFUL_RUNS = ("FAILED", "TIMED_OUT", "ABORTED")
 # The AWS services that publish to the topic (alarm actions, rule targets) and that deliver to
 # the platform's dead-letter queues, encrypting with the alert key as they do.
 ALERT_PUBLISHERS = ("cloudwatch.amazonaws.com", "events.amazonaws.com")
@@ -144,6 +150,47 @@ class AlertTarget:
             },
         )
 
+    def report_unsuccessful_runs(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        state_machines: list[sfn.IStateMachine],
+        what: str,
+        dead_letter_queue: sqs.IQueue,
+    ) -> events.Rule:
+        """One rule that publishes every failed, timed-out or aborted run of these state
+        machines, with its error and cause, to the alert topic."""
+        return events.Rule(
+            scope,
+            construct_id,
+            description=f"Every {what} run that fails, times out or is aborted",
+            event_pattern=events.EventPattern(
+                source=["aws.states"],
+                detail_type=["Step Functions Execution Status Change"],
+                detail={
+                    "status": list(UNSUCCESSFUL_RUNS),
+                    "stateMachineArn": [m.state_machine_arn for m in state_machines],
+                },
+            ),
+            targets=[
+                targets.SnsTopic(
+                    self.topic,
+                    message=events.RuleTargetInput.from_object(
+                        {
+                            "alert": f"{what} run did not succeed",
+                            "status": events.EventField.from_path("$.detail.status"),
+                            "execution": events.EventField.from_path("$.detail.executionArn"),
+                            "error": events.EventField.from_path("$.detail.error"),
+                            "cause": events.EventField.from_path("$.detail.cause"),
+                        }
+                    ),
+                    dead_letter_queue=dead_letter_queue,
+                    retry_attempts=8,
+                )
+            ],
+        )
+
     def dead_letter_queue(self, scope: Construct, construct_id: str, *, purpose: str) -> sqs.Queue:
         """An encrypted dead-letter queue in `scope` (the construct it serves, whose container
         it belongs to) whose depth alarms through the alert topic."""
@@ -154,6 +201,12 @@ class AlertTarget:
             encryption_master_key=self.key,
             enforce_ssl=True,
             retention_period=Duration.days(14),
+        )
+        acknowledge(
+            queue,
+            "AwsSolutions-SQS3",
+            "This queue is itself the dead-letter queue of EventBridge and Scheduler targets; "
+            "a queue behind it would only move the same undelivered events.",
         )
         self.notify(
             cloudwatch.Alarm(

@@ -1,11 +1,12 @@
-"""What the Flink and Spark containers share: a hardened EMR cluster on instance fleets."""
+"""What the Flink and Spark containers share: a hardened EMR cluster on instance fleets, and
+the TLS certificates of EMR's in-transit encryption."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from aws_cdk import Stack, Tags
+from aws_cdk import CustomResource, Duration, Stack, Tags, Token
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_emr as emr
 from aws_cdk import aws_iam as iam
@@ -15,7 +16,9 @@ from aws_cdk import aws_s3_deployment as s3_deployment
 from constructs import Construct
 
 from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wildcard_grants
-from platform_config.model import EmrClusterConfig
+from cdk_constructs.function import PlatformFunction
+from jobs.layout import NODE_CODE_DIR
+from platform_config.model import EmrClusterConfig, EmrTlsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +33,107 @@ _BUCKET_DEPLOYMENT_SINGLETON = "Custom::CDKBucketDeployment8693BB64968944B69AAFB
 
 # Where the PEM certificates for EMR in-transit encryption live in the artifacts bucket.
 TLS_CERTIFICATES_KEY = "emr/tls/certificates.zip"
+# The key pair GenerateDataKeyPair makes for a generated certificate.
+TLS_KEY_PAIR_SPEC = "RSA_2048"
+
+
+def internal_domain(region: str) -> str:
+    """The wildcard of the private DNS names EC2 gives the cluster's nodes in `region`
+    (what EMR's documentation asks a PEM certificate to cover)."""
+    if region == "us-east-1":
+        return "*.ec2.internal"
+    return f"*.{region}.compute.internal"
+
+
+class EmrTlsCertificates(PlatformContainer):
+    """The PEM certificates of EMR in-transit encryption: a zip of privateKey.pem,
+    certificateChain.pem and trustedCertificates.pem at TLS_CERTIFICATES_KEY of the artifacts
+    bucket, there before any cluster that depends on this construct is created.
+
+    - `generated`: a custom resource writes a self-signed certificate for the region's internal
+      domain (key pair from KMS GenerateDataKeyPair under the platform key, zip stored SSE-KMS
+      under the same key) and writes a new one when `validity_days` changes. Its role may
+      generate RSA_2048 pairs and data keys with the platform key and put that one object,
+      nothing else. `certificate_id` names the certificate.
+    - `provided`: nothing is created; the zip the user put at the same key is used, and
+      `certificate_id` is None.
+
+    The object outlives the stack (see lambda/emr_tls_certificates/handler.py for why).
+    """
+
+    container = "emr-tls"
+    stereotype = "certificates"
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EmrTlsConfig,
+        artifacts_bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        log_retention_days: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.object_url = artifacts_bucket.s3_url_for_object(TLS_CERTIFICATES_KEY)
+        self.certificate_id: str | None = None
+        if config.certificates == "generated":
+            self.certificate_id = self._generate(
+                config, artifacts_bucket, encryption_key, log_retention_days
+            )
+
+    def _generate(
+        self,
+        config: EmrTlsConfig,
+        artifacts_bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        log_retention_days: int,
+    ) -> str:
+        region = Stack.of(self).region
+        if Token.is_unresolved(region):
+            raise ValueError("a generated EMR certificate needs a stack with a concrete region")
+        writer = PlatformFunction(
+            self,
+            "Writer",
+            handler_name="emr_tls_certificates",
+            description="Writes the self-signed certificates of EMR in-transit encryption",
+            environment={},
+            log_retention_days=log_retention_days,
+            timeout=Duration.minutes(1),
+        ).function
+        for statement in (
+            iam.PolicyStatement(
+                actions=["kms:GenerateDataKeyPair"],
+                resources=[encryption_key.key_arn],
+                conditions={"StringEquals": {"kms:DataKeyPairSpec": TLS_KEY_PAIR_SPEC}},
+            ),
+            # S3 asks KMS for the data key of the SSE-KMS upload as the caller.
+            iam.PolicyStatement(
+                actions=["kms:GenerateDataKey"], resources=[encryption_key.key_arn]
+            ),
+            iam.PolicyStatement(
+                actions=["s3:PutObject"],
+                resources=[artifacts_bucket.arn_for_objects(TLS_CERTIFICATES_KEY)],
+            ),
+        ):
+            writer.add_to_role_policy(statement)
+        certificates = CustomResource(
+            self,
+            "Certificates",
+            service_token=writer.function_arn,
+            resource_type="Custom::EmrTlsCertificates",
+            # The handler answers within seconds; a lost answer fails the deploy soon, not
+            # after CloudFormation's default hour.
+            service_timeout=Duration.minutes(5),
+            properties={
+                "Bucket": artifacts_bucket.bucket_name,
+                "Key": TLS_CERTIFICATES_KEY,
+                "KmsKeyArn": encryption_key.key_arn,
+                "DnsName": internal_domain(region),
+                "ValidityDays": config.validity_days,
+            },
+        )
+        return certificates.get_att_string("CertificateId")
 
 
 class EmrCluster(PlatformContainer):
@@ -43,7 +147,12 @@ class EmrCluster(PlatformContainer):
       groups created here (plus the service-access group private subnets need);
     - logs to this cluster's prefix of the logs bucket;
     - a service role with the v2 EMR managed policy (scoped by tag) and an instance role that
-      starts with nothing but reading its own code; everything else is granted by the stack.
+      starts with nothing but reading its own code; everything else is granted by the stack;
+    - created after its TLS certificates exist; a generated certificate's id is part of the
+      security configuration's name, so a new certificate brings a new cluster whose nodes all
+      trust the same one (EMR reads the zip when each node starts);
+    - termination protection as the caller decides;
+    - every fleet's EBS data volumes sized by the config (gp3, encrypted as above).
     """
 
     applications: tuple[str, ...] = ()
@@ -61,9 +170,13 @@ class EmrCluster(PlatformContainer):
         logs_bucket: s3.IBucket,
         artifacts_bucket: s3.IBucket,
         code_directories: dict[str, Path],
+        tls_certificates: EmrTlsCertificates,
+        termination_protected: bool,
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster_name = cluster_name
+        self.vpc = vpc
+        self.subnets = subnets
         self.artifacts_bucket = artifacts_bucket
         self.code_prefix = f"code/{self.container}/"
         Tags.of(self).add(*EMR_MANAGED_TAG)
@@ -147,12 +260,15 @@ class EmrCluster(PlatformContainer):
             security_groups=[self.primary_security_group, self.worker_security_group]
         )
 
+        certificate_suffix = (
+            f"-{tls_certificates.certificate_id}" if tls_certificates.certificate_id else ""
+        )
         security_configuration = emr.CfnSecurityConfiguration(
             self,
             "SecurityConfiguration",
-            name=f"{cluster_name}-security",
+            name=f"{cluster_name}-security{certificate_suffix}",
             security_configuration=_security_configuration(
-                encryption_key.key_arn, artifacts_bucket.s3_url_for_object(TLS_CERTIFICATES_KEY)
+                encryption_key.key_arn, tls_certificates.object_url
             ),
         )
 
@@ -179,7 +295,7 @@ class EmrCluster(PlatformContainer):
                 emr_managed_slave_security_group=self.worker_security_group.security_group_id,
                 service_access_security_group=service_access.security_group_id,
                 keep_job_flow_alive_when_no_steps=True,
-                termination_protected=False,
+                termination_protected=termination_protected,
                 master_instance_fleet=_fleet("primary", config.primary_instance_type, 1, config),
                 core_instance_fleet=_fleet(
                     "core", config.core_instance_type, config.core_instance_count, config
@@ -189,10 +305,8 @@ class EmrCluster(PlatformContainer):
                 emr.CfnCluster.BootstrapActionConfigProperty(
                     name="install-job-code",
                     script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
-                        path=artifacts_bucket.s3_url_for_object(
-                            f"{self.code_prefix}jobs/emr/install_job_code.sh"
-                        ),
-                        args=[artifacts_bucket.s3_url_for_object(self.code_prefix)],
+                        path=self.code_url("jobs/emr/install_job_code.sh"),
+                        args=[self.code_url(""), NODE_CODE_DIR],
                     ),
                 )
             ],
@@ -222,6 +336,7 @@ class EmrCluster(PlatformContainer):
         for deployment in self.code_deployments:
             self.cluster.node.add_dependency(deployment)
         self.cluster.add_resource_dependency(security_configuration)
+        self.cluster.node.add_dependency(tls_certificates)
         _acknowledge_deployment_handler(self)
         self.cluster.node.add_dependency(self.instance_role)
         for rule, what in (("EMR4", "local-disk"), ("EMR5", "in-transit")):
@@ -250,7 +365,8 @@ class EmrCluster(PlatformContainer):
                 target_spot_capacity=0,
                 target_on_demand_capacity=0,
                 instance_type_configs=[
-                    _instance_type_config(name, config) for name in config.task_instance_types
+                    _instance_type_config(emr.CfnInstanceFleetConfig, name, config)
+                    for name in config.task_instance_types
                 ],
                 launch_specifications=(
                     emr.CfnInstanceFleetConfig.InstanceFleetProvisioningSpecificationsProperty(
@@ -285,7 +401,14 @@ class EmrCluster(PlatformContainer):
         return self.cluster.ref
 
     def code_url(self, relative_path: str) -> str:
+        """S3 URL of a file (or, given "", the folder) of this cluster's deployed code."""
         return self.artifacts_bucket.s3_url_for_object(f"{self.code_prefix}{relative_path}")
+
+    @staticmethod
+    def node_path(relative_path: str) -> str:
+        """Where a file of the deployed code (e.g. jobs/batch/x.py, schemas/...) sits on the
+        nodes, as step arguments name it."""
+        return f"{NODE_CODE_DIR}/{relative_path}"
 
 
 def _acknowledge_deployment_handler(scope: Construct) -> None:
@@ -333,31 +456,34 @@ def _fleet(
     return emr.CfnCluster.InstanceFleetConfigProperty(
         name=name,
         target_on_demand_capacity=count,
-        instance_type_configs=[_cluster_instance_type_config(instance_type, config)],
-    )
-
-
-def _ebs(config: EmrClusterConfig) -> dict:
-    return {
-        "ebs_block_device_configs": [
-            {"volume_specification": {"size_in_gb": config.ebs_volume_gib, "volume_type": "gp3"}}
-        ]
-    }
-
-
-def _cluster_instance_type_config(
-    name: str, config: EmrClusterConfig
-) -> emr.CfnCluster.InstanceTypeConfigProperty:
-    return emr.CfnCluster.InstanceTypeConfigProperty(
-        instance_type=name, weighted_capacity=1, ebs_configuration=_ebs(config)
+        instance_type_configs=[_instance_type_config(emr.CfnCluster, instance_type, config)],
     )
 
 
 def _instance_type_config(
-    name: str, config: EmrClusterConfig
-) -> emr.CfnInstanceFleetConfig.InstanceTypeConfigProperty:
-    return emr.CfnInstanceFleetConfig.InstanceTypeConfigProperty(
-        instance_type=name, weighted_capacity=1, ebs_configuration=_ebs(config)
+    resource: type[emr.CfnCluster] | type[emr.CfnInstanceFleetConfig],
+    name: str,
+    config: EmrClusterConfig,
+) -> (
+    emr.CfnCluster.InstanceTypeConfigProperty
+    | emr.CfnInstanceFleetConfig.InstanceTypeConfigProperty
+):
+    """An instance type of a fleet with its EBS data volume, built from the struct classes of
+    `resource` (the cluster's own fleets and a separate fleet each have their own). Only these
+    classes render: jsii drops the keys of a plain dict given for a struct without a word."""
+    return resource.InstanceTypeConfigProperty(
+        instance_type=name,
+        weighted_capacity=1,
+        ebs_configuration=resource.EbsConfigurationProperty(
+            ebs_block_device_configs=[
+                resource.EbsBlockDeviceConfigProperty(
+                    volume_specification=resource.VolumeSpecificationProperty(
+                        size_in_gb=config.ebs_volume_gib, volume_type="gp3"
+                    ),
+                    volumes_per_instance=1,
+                )
+            ]
+        ),
     )
 
 

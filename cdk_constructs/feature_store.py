@@ -14,6 +14,7 @@ from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
 from constructs import Construct
 
+from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants
 from cdk_constructs.function import PlatformFunction
 from jobs.batch.feature_ingestion import (
@@ -55,6 +56,7 @@ class FeatureStore(PlatformContainer):
         max_feature_age_hours: int,
         log_retention_days: int,
         removal_policy: RemovalPolicy,
+        alerts: AlertTarget,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -211,8 +213,17 @@ class FeatureStore(PlatformContainer):
             "FreshnessSchedule",
             description="Feature freshness every 15 minutes",
             schedule=scheduler.ScheduleExpression.rate(Duration.minutes(15)),
-            target=scheduler_targets.LambdaInvoke(freshness, role=schedule_role),
+            target=scheduler_targets.LambdaInvoke(
+                freshness,
+                role=schedule_role,
+                dead_letter_queue=alerts.dead_letter_queue(
+                    self, "FreshnessDeadLetters", purpose="the feature freshness check"
+                ),
+                retry_attempts=2,
+                max_event_age=Duration.minutes(10),
+            ),
         )
+        alerts.grant_encrypt(schedule_role)
         self.freshness_alarm = cloudwatch.Alarm(
             self,
             "FreshnessAlarm",
@@ -232,6 +243,7 @@ class FeatureStore(PlatformContainer):
             # No figure means no marker (nothing ever ingested) or a broken check.
             treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
         )
+        alerts.notify(self.freshness_alarm)
 
     def grant_ingest(self, grantee: iam.IGrantable) -> iam.Grant:
         """PutRecord into the member-features group (the batch ingestion path)."""

@@ -95,6 +95,19 @@ class OnlineStore(PlatformContainer):
                 Column(column_name="ranked_title_ids", column_type="list<text>"),
                 Column(column_name="scores", column_type="list<double>"),
                 Column(column_name="generated_at", column_type="timestamp"),
+                # The A/B experiment and cell the member was served in, when there was one.
+                Column(column_name="experiment", column_type="text"),
+                Column(column_name="cell", column_type="text"),
             ],
             ttl_seconds=prediction_ttl_days * _SECONDS_PER_DAY,
+        )
+        # The titles a member has recently seen, which serving leaves out of a ranking.
+        self.history_table = table(
+            "MemberHistoryTable",
+            name="member_history",
+            partition_key=[Column(column_name="member_id", column_type="text")],
+            columns=[
+                Column(column_name="recent_title_ids", column_type="list<text>"),
+                Column(column_name="updated_at", column_type="timestamp"),
+            ],
         )

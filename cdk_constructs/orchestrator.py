@@ -9,8 +9,6 @@ itself, and reports every run that does not succeed.
 from __future__ import annotations
 
 from aws_cdk import RemovalPolicy
-from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -47,10 +45,6 @@ __all__ = [
     "UpstreamTrigger",
     "Workflow",
 ]
-
-# Every way a run can end without succeeding; a Catch inside the machine sees only failures,
-# so the status events are what reports time-outs and aborts.
-UNSUCCESSFUL = ("FAILED", "TIMED_OUT", "ABORTED")
 
 
 class Orchestrator(PlatformContainer):
@@ -120,7 +114,13 @@ class Orchestrator(PlatformContainer):
             )
             for index, trigger in enumerate(workflow.triggers):
                 trigger.wire(context, f"{workflow.name}-trigger{index}")
-        self.run_failures = self._report_unsuccessful_runs(alerts)
+        self.run_failures = alerts.report_unsuccessful_runs(
+            self,
+            "RunFailures",
+            state_machines=list(self.state_machines.values()),
+            what="workflow",
+            dead_letter_queue=self.dead_letters,
+        )
 
     def _state_machine(self, workflow: Workflow) -> sfn.StateMachine:
         context = StepContext(scope=self, workflow=workflow.name, quality_gate=self.quality_gate)
@@ -192,37 +192,6 @@ class Orchestrator(PlatformContainer):
         for branch in block.branches:
             parallel.branch(self._chain(workflow, branch, states))
         return parallel
-
-    def _report_unsuccessful_runs(self, alerts: AlertTarget) -> events.Rule:
-        return events.Rule(
-            self,
-            "RunFailures",
-            description="Every workflow run that fails, times out or is aborted",
-            event_pattern=events.EventPattern(
-                source=["aws.states"],
-                detail_type=["Step Functions Execution Status Change"],
-                detail={
-                    "status": list(UNSUCCESSFUL),
-                    "stateMachineArn": [m.state_machine_arn for m in self.state_machines.values()],
-                },
-            ),
-            targets=[
-                targets.SnsTopic(
-                    alerts.topic,
-                    message=events.RuleTargetInput.from_object(
-                        {
-                            "alert": "workflow run did not succeed",
-                            "status": events.EventField.from_path("$.detail.status"),
-                            "execution": events.EventField.from_path("$.detail.executionArn"),
-                            "error": events.EventField.from_path("$.detail.error"),
-                            "cause": events.EventField.from_path("$.detail.cause"),
-                        }
-                    ),
-                    dead_letter_queue=self.dead_letters,
-                    retry_attempts=8,
-                )
-            ],
-        )
 
 
 def _first_step(block: Plan) -> str:

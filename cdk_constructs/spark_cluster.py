@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import aws_emr as emr
 
 from cdk_constructs.emr import JOB_PYTHON, EmrCluster, classification
+from jobs.layout import JOBS_ARCHIVE
 
 _GLUE_METASTORE = {
     "hive.metastore.client.factory.class": (
@@ -46,3 +49,12 @@ class SparkCluster(EmrCluster):
                 },
             ),
         ]
+
+    @classmethod
+    def spark_submit_step(cls, *, script: str, arguments: Sequence[str]) -> list[str]:
+        """The step arguments that run `script` (a path in the deployed code, e.g.
+        jobs/batch/interaction_etl.py) in cluster mode, with the jobs package on its path."""
+        return [
+            "spark-submit", "--deploy-mode", "cluster",
+            "--py-files", JOBS_ARCHIVE, cls.node_path(script), *arguments,
+        ]  # fmt: skip

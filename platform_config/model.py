@@ -447,6 +447,131 @@ class EmrTlsConfig(StrictModel):
     """Validity of a generated certificate; a new one is made when this changes."""
 
 
+class CanaryConfig(StrictModel):
+    """How a new model version rolls out: ECS-native canary with automated canary analysis."""
+
+    step_percent: float = Field(default=10.0, ge=0.1, le=100)
+    """Share of production traffic the new version gets first."""
+    step_bake_minutes: int = Field(default=10, ge=1, le=1440)
+    """How long the canary share runs before the rest of the traffic shifts."""
+    bake_minutes: int = Field(default=10, ge=0, le=1440)
+    """How long the old version stays ready for an instant rollback after the full shift
+    (set it: the service default for canary deployments is 36 hours)."""
+    analysis_minutes: int = Field(default=8, ge=1, le=1440)
+    """Window the judge compares canary against baseline over; at most step_bake_minutes."""
+    min_samples: int = Field(default=5, ge=3, le=1440)
+    """Per-minute samples each metric needs from each group before the judge decides."""
+    max_wait_minutes: int = Field(default=30, ge=1, le=1440)
+    """Too little data after this long fails the canary (fail safe)."""
+    confidence: float = Field(default=0.98, gt=0.5, lt=1)
+    tolerance: float = Field(default=0.25, ge=0, le=10)
+    """Allowed difference as a multiple of |Hodges-Lehmann estimate|, as Kayenta's judge."""
+    pass_threshold: float = Field(default=75, ge=0, le=100)
+    marginal_threshold: float = Field(default=50, ge=0, le=100)
+    marginal_is_failure: bool = True
+    """A marginal score rolls back (nobody is watching to decide otherwise)."""
+    alarm_5xx_percent: float = Field(default=1.0, gt=0, le=100)
+    """Rollback alarm: target 5xx responses above this share of requests."""
+    alarm_p99_latency_ms: int = Field(default=250, ge=1, le=60000)
+    """Rollback alarm: p99 target response time above this."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CanaryConfig:
+        if self.marginal_threshold > self.pass_threshold:
+            raise FieldError(
+                ("marginal_threshold",),
+                self.marginal_threshold,
+                f"must be at most pass_threshold ({self.pass_threshold})",
+            )
+        if self.analysis_minutes > self.step_bake_minutes:
+            raise FieldError(
+                ("analysis_minutes",),
+                self.analysis_minutes,
+                f"must fit in step_bake_minutes ({self.step_bake_minutes}): the judge decides "
+                "while the canary share runs",
+            )
+        if self.max_wait_minutes < self.analysis_minutes + 2:
+            raise FieldError(
+                ("max_wait_minutes",),
+                self.max_wait_minutes,
+                f"must leave the judge at least 2 minutes beyond analysis_minutes "
+                f"({self.analysis_minutes})",
+            )
+        if self.min_samples > self.analysis_minutes:
+            raise FieldError(
+                ("min_samples",),
+                self.min_samples,
+                f"one sample per minute: at most analysis_minutes ({self.analysis_minutes})",
+            )
+        return self
+
+
+class ServedModelConfig(StrictModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+    """A model of the registry (its package group is ml-platform-<env>-<name>)."""
+    cpu: Literal[256, 512, 1024, 2048, 4096] = 1024
+    memory_mib: int = Field(default=2048, ge=512, le=30720)
+    min_tasks: int = Field(default=2, ge=1, le=100)
+    max_tasks: int = Field(default=6, ge=1, le=500)
+    target_cpu_percent: int = Field(default=60, ge=10, le=90)
+    target_requests_per_task: int = Field(default=1000, ge=10, le=100000)
+    """Scale out above this many requests per task per minute."""
+    shadow_fraction: float = Field(default=0.0, ge=0, le=1)
+    """Share of requests also scored by the candidate version set on the model's stack
+    (shadow mode); its answers are recorded, never returned."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServedModelConfig:
+        if self.max_tasks < self.min_tasks:
+            raise FieldError(
+                ("max_tasks",), self.max_tasks, f"must be at least min_tasks ({self.min_tasks})"
+            )
+        return self
+
+
+class ServingConfig(StrictModel):
+    models: list[ServedModelConfig] = Field(default_factory=list)
+    """One ECS service per model behind one load balancer; empty: no serving stack."""
+    internal: bool = True
+    """An internal load balancer (reached from the VPC and connected networks)."""
+    certificate_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$"
+    )
+    """ACM certificate: an HTTPS listener. Empty: an HTTP listener open only to allowed_cidrs."""
+    allowed_cidrs: list[str] = Field(default_factory=list)
+    """Networks allowed to call the models (the VPC's own range is always allowed)."""
+    models_per_stack: int = Field(default=12, ge=1, le=15)
+    """Model services per CloudFormation stack: a model adds about 26 resources and 43 kB, so
+    at most 15 keeps a stack under 80 % of CloudFormation's 500-resource limit."""
+    log_retention_days: LogRetentionDays = 30
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                network = ipaddress.IPv4Network(cidr, strict=True)
+            except ValueError as error:
+                raise ValueError(f"{cidr!r} is not an IPv4 network address ({error})") from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{cidr!r} opens the models to every address")
+        return value
+
+    @model_validator(mode="after")
+    def _models(self) -> ServingConfig:
+        names = [model.name for model in self.models]
+        if len(set(names)) != len(names):
+            raise FieldError(("models",), names, "model names must be distinct")
+        if not self.internal and self.certificate_arn is None:
+            raise FieldError(
+                ("certificate_arn",),
+                None,
+                "an internet-facing load balancer needs HTTPS: set certificate_arn",
+            )
+        return self
+
+
 class FeatureStoreConfig(StrictModel):
     max_feature_age_hours: int = Field(default=36, ge=1, le=720)
     """Freshness alarm: the newest member-feature record may be at most this old."""
@@ -479,6 +604,7 @@ class PlatformConfig(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     feature_store: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     emr_tls: EmrTlsConfig = Field(default_factory=EmrTlsConfig)
 
     @field_validator("availability_zones")

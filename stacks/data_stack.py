@@ -65,7 +65,10 @@ class DataStack(Stack):
             self,
             "ModelRegistry",
             name_prefix=config.resource_prefix,
-            models={"recommender": "Member x title recommender (implicit-feedback embeddings)"},
+            models={
+                **{m.name: f"Served model {m.name}" for m in config.serving.models},
+                "recommender": "Member x title recommender (implicit-feedback embeddings)",
+            },
             removal_policy=removal_policy,
         )
         self.feature_store = FeatureStore(
@@ -78,10 +81,7 @@ class DataStack(Stack):
             max_feature_age_hours=config.feature_store.max_feature_age_hours,
             log_retention_days=config.network.flow_log_retention_days,
             removal_policy=removal_policy,
-        )
-
-        AlertTarget(self, name_prefix=config.resource_prefix).notify(
-            self.feature_store.freshness_alarm
+            alerts=AlertTarget(self, name_prefix=config.resource_prefix),
         )
 
         for name, bucket in {

@@ -19,10 +19,16 @@ from cdk_constructs.orchestrator import (
     Workflow,
 )
 from cdk_constructs.training_service import TrainingService
+from jobs.layout import (
+    CURATED_PREFIX,
+    DEAD_LETTER_PREFIX,
+    FEATURES_PREFIX,
+    RAW_EVENTS_PREFIX,
+)
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
-from stacks.processing_stack import RAW_EVENTS_PREFIX, STREAMING_PREFIX, ProcessingStack
+from stacks.processing_stack import ProcessingStack
 
 # Named signals and the parameters each must carry (Maestro-style signal triggers).
 SIGNALS = {"retrain-requested": ["model"], "features-requested": ["reason"]}
@@ -74,8 +80,8 @@ class OrchestrationStack(Stack):
             artifacts_bucket=artifacts,
             encryption_key=data.data_lake.key,
             input_prefixes={
-                "interactions": "member_interactions/",
-                "features": "features/member_features/",
+                "interactions": CURATED_PREFIX,
+                "features": FEATURES_PREFIX,
             },
             model_package_group=data.model_registry.group_names["recommender"],
             log_retention_days=config.network.flow_log_retention_days,
@@ -95,10 +101,7 @@ class OrchestrationStack(Stack):
                     bucket=raw,
                     prefix_template=f"{RAW_EVENTS_PREFIX}/event_date={RUN_DATE}/",
                     min_objects=orchestration.min_raw_objects,
-                    dead_letter_prefix_template=(
-                        f"{STREAMING_PREFIX}_dead_letter/member_interactions/"
-                        f"ingest_date={RUN_DATE}/"
-                    ),
+                    dead_letter_prefix_template=f"{DEAD_LETTER_PREFIX}/ingest_date={RUN_DATE}/",
                     max_dead_letter_ratio=orchestration.max_dead_letter_ratio,
                 ),
                 EmrStep(
@@ -147,7 +150,7 @@ class OrchestrationStack(Stack):
                 QualityGateStep(
                     name="features-gate",
                     bucket=curated,
-                    prefix_template=f"features/member_features/feature_date={RUN_DATE}/",
+                    prefix_template=f"{FEATURES_PREFIX}feature_date={RUN_DATE}/",
                     min_objects=1,
                 ),
             ),

@@ -15,6 +15,7 @@ from stacks.metaflow_stack import MetaflowStack
 from stacks.network_stack import NetworkStack
 from stacks.orchestration_stack import OrchestrationStack
 from stacks.processing_stack import ProcessingStack
+from stacks.serving_stack import ModelServicesStack, ServingStack, model_groups, model_stack_name
 from stacks.streaming_stack import StreamingStack
 
 
@@ -27,6 +28,8 @@ class Platform:
     processing: ProcessingStack
     metaflow: MetaflowStack
     orchestration: OrchestrationStack
+    serving: ServingStack | None
+    model_services: tuple[ModelServicesStack, ...]
 
     @property
     def stacks(self) -> list:
@@ -38,6 +41,8 @@ class Platform:
             self.processing,
             self.metaflow,
             self.orchestration,
+            *([self.serving] if self.serving else []),
+            *self.model_services,
         ]
 
 
@@ -89,8 +94,37 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
         processing=processing,
         **stack_props("orchestration"),
     )
+    serving, model_services = None, []
+    if config.serving.models:
+        serving = ServingStack(
+            app, f"{prefix}-serving", config=config, network=network, **stack_props("serving")
+        )
+        first_priority = 1
+        for index, models in enumerate(model_groups(config)):
+            name = model_stack_name(config, index)
+            model_services.append(
+                ModelServicesStack(
+                    app,
+                    name,
+                    config=config,
+                    models=models,
+                    first_priority=first_priority,
+                    network=network,
+                    data=data,
+                    serving=serving,
+                    stack_name=name,
+                    env=env,
+                )
+            )
+            first_priority += len(models)
     # Stacks that alarm or publish failures import the alert topic by name.
-    for stack in (data, processing, orchestration):
+    for stack in (
+        data,
+        processing,
+        orchestration,
+        *([serving] if serving else []),
+        *model_services,
+    ):
         stack.add_stack_dependency(alerts)
     platform = Platform(
         alerts=alerts,
@@ -100,6 +134,8 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
         processing=processing,
         metaflow=metaflow,
         orchestration=orchestration,
+        serving=serving,
+        model_services=tuple(model_services),
     )
 
     Tags.of(app).add(ENV_TAG, config.env_name)

@@ -4,22 +4,22 @@ from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.base import acknowledge_wildcard_grants
 from cdk_constructs.data_lake import bucket_name
-from cdk_constructs.emr import REPO_ROOT
+from cdk_constructs.emr import REPO_ROOT, EmrTlsCertificates
 from cdk_constructs.flink_cluster import FlinkCluster
 from cdk_constructs.orchestrator import RUN_DATE
 from cdk_constructs.spark_cluster import SparkCluster
+from jobs import layout
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 from stacks.streaming_stack import StreamingStack
 
-# The raw-zone prefix the streaming job writes (valid events and its dead letters) and,
-# inside it, where valid events land (jobs/streaming/records.py; a test keeps them equal).
-STREAMING_PREFIX = "streaming/"
-RAW_EVENTS_PREFIX = f"{STREAMING_PREFIX}member_interactions"
 CODE_DIRECTORIES = {"jobs": REPO_ROOT / "jobs", "schemas": REPO_ROOT / "schemas"}
+# The EMR step (and YARN application) name of the streaming job.
+STREAMING_JOB_NAME = "raw-ingest"
 
 
 class ProcessingStack(Stack):
@@ -28,6 +28,8 @@ class ProcessingStack(Stack):
     Wires the diagram's arrows: Kafka -> Flink (MSK IAM read of the events topic, network path
     to the brokers), Flink -> S3 (its raw prefix only), Spark -> S3 (read raw, write curated)
     and Spark -> Hive metastore (tables and partitions of the curated and features databases).
+    The clusters' TLS certificates exist before the clusters; the streaming job starts with
+    the Flink cluster and is kept running, alerting through the platform's alert topic.
     """
 
     def __init__(
@@ -55,6 +57,15 @@ class ProcessingStack(Stack):
             )
             for zone in ("raw", "curated", "artifacts", "logs")
         )
+        log_retention_days = config.network.flow_log_retention_days
+        self.tls_certificates = EmrTlsCertificates(
+            self,
+            "EmrTls",
+            config=config.emr_tls,
+            artifacts_bucket=artifacts,
+            encryption_key=key,
+            log_retention_days=log_retention_days,
+        )
         shared = {
             "vpc": network.network.vpc,
             "subnets": network.network.compute_subnets,
@@ -62,12 +73,16 @@ class ProcessingStack(Stack):
             "logs_bucket": logs_bucket,
             "artifacts_bucket": artifacts,
             "code_directories": CODE_DIRECTORIES,
+            "tls_certificates": self.tls_certificates,
         }
         self.flink = FlinkCluster(
             self,
             "Flink",
             config=config.flink,
             cluster_name=f"{config.resource_prefix}-flink",
+            # Its running job and the consumer offsets it checkpoints are the platform's
+            # ingestion: no accidental termination where the environment is protected.
+            termination_protected=config.protect_stateful_resources,
             **shared,
         )
         self.spark = SparkCluster(
@@ -75,6 +90,8 @@ class ProcessingStack(Stack):
             "Spark",
             config=config.spark,
             cluster_name=f"{config.resource_prefix}-spark",
+            # Holds no state between runs (and, in dev, terminates when idle).
+            termination_protected=False,
             **shared,
         )
 
@@ -89,16 +106,13 @@ class ProcessingStack(Stack):
         )
         kafka.acknowledge_client_grants(self.flink.instance_role)
         # Flink -> S3 raw zone, its prefix only
-        raw.grant_put(self.flink.instance_role, f"{STREAMING_PREFIX}*")
+        raw.grant_put(self.flink.instance_role, f"{layout.STREAMING_PREFIX}*")
         acknowledge_wildcard_grants(
             self.flink.instance_role,
             {
-                rf"Resource::{bucket_arn}-raw-[^/]*/{STREAMING_PREFIX}\*": (
+                rf"Resource::{bucket_arn}-raw-[^/]*/{layout.STREAMING_PREFIX}\*": (
                     "Flink writes event objects only under the streaming/ prefix of the raw "
                     "zone, partitioned by event date and hour."
-                ),
-                rf"Resource::{bucket_arn}-artifacts-[^/]*/flink/checkpoints/.*\*": (
-                    "Flink reads and writes checkpoint objects under its own checkpoint prefix."
                 ),
             },
         )
@@ -124,44 +138,50 @@ class ProcessingStack(Stack):
             },
         )
 
-        # The EMR step arguments that start each job (README: "Submitting the jobs").
-        node_code = "/home/hadoop/ml-platform"
+        # Kafka -> Flink -> S3: the streaming job, started with the cluster and kept running.
         topic = config.kafka.topics[0]
-        flink_step = [
-            "flink", "run", "-m", "yarn-cluster", "-d",
-            "-pyfs", f"{node_code}/jobs.zip", "-pym", "jobs.streaming.flink_job",
-            "--bootstrap-servers", kafka.bootstrap_brokers,
-            "--topic", topic.name,
-            "--group-id", self.flink_consumer_group,
-            "--raw-bucket", raw.bucket_name,
-            "--schema-path", f"{node_code}/{topic.schema_file}",
-            "--checkpoint-dir", self.flink.checkpoint_url,
-        ]  # fmt: skip
-        self.spark_etl_args = [
-            "spark-submit", "--deploy-mode", "cluster",
-            "--py-files", f"{node_code}/jobs.zip", f"{node_code}/jobs/batch/interaction_etl.py",
-            "--raw-path", raw.s3_url_for_object(f"{RAW_EVENTS_PREFIX}/"),
-            "--run-date", RUN_DATE,
-            "--curated-path", curated.s3_url_for_object("member_interactions/"),
-            "--features-path", curated.s3_url_for_object("features/member_features/"),
-            "--quarantine-path", curated.s3_url_for_object("quarantine/member_interactions/"),
-            "--curated-database", data.catalog.database_names["curated"],
-            "--features-database", data.catalog.database_names["features"],
-            "--metrics-path", curated.s3_url_for_object("_runs/member_interactions/"),
-        ]  # fmt: skip
+        self.flink_keeper = self.flink.run_streaming_job(
+            name=STREAMING_JOB_NAME,
+            module="jobs.streaming.flink_job",
+            arguments=[
+                "--bootstrap-servers", kafka.bootstrap_brokers,
+                "--topic", topic.name,
+                "--group-id", self.flink_consumer_group,
+                "--raw-bucket", raw.bucket_name,
+                "--schema-path", self.flink.node_path(topic.schema_file),
+                "--checkpoint-dir", self.flink.checkpoint_url,
+            ],
+            alerts=AlertTarget(self, name_prefix=config.resource_prefix),
+            log_retention_days=log_retention_days,
+        )  # fmt: skip
+        # The EMR step arguments of the batch jobs, which the workflow runs.
+        self.spark_etl_args = self.spark.spark_submit_step(
+            script="jobs/batch/interaction_etl.py",
+            arguments=[
+                "--raw-path", raw.s3_url_for_object(f"{layout.RAW_EVENTS_PREFIX}/"),
+                "--run-date", RUN_DATE,
+                "--curated-path", curated.s3_url_for_object(layout.CURATED_PREFIX),
+                "--features-path", curated.s3_url_for_object(layout.FEATURES_PREFIX),
+                "--quarantine-path", curated.s3_url_for_object(layout.QUARANTINE_PREFIX),
+                "--curated-database", data.catalog.database_names["curated"],
+                "--features-database", data.catalog.database_names["features"],
+                "--metrics-path", curated.s3_url_for_object(layout.RUNS_PREFIX),
+            ],
+        )  # fmt: skip
         # Features -> feature store: the batch ingestion path, run by the workflow after the ETL.
         feature_store = data.feature_store
         feature_store.grant_ingest(self.spark.instance_role)
-        self.feature_ingestion_args = [
-            "spark-submit", "--deploy-mode", "cluster",
-            "--py-files", f"{node_code}/jobs.zip", f"{node_code}/jobs/batch/feature_ingestion.py",
-            "--features-path", curated.s3_url_for_object("features/member_features/"),
-            "--run-date", RUN_DATE,
-            "--feature-group", feature_store.member_features_name,
-            "--region", self.region,
-            "--marker-path", curated.s3_url_for_object(feature_store.marker_key),
-        ]  # fmt: skip
+        self.feature_ingestion_args = self.spark.spark_submit_step(
+            script="jobs/batch/feature_ingestion.py",
+            arguments=[
+                "--features-path", curated.s3_url_for_object(layout.FEATURES_PREFIX),
+                "--run-date", RUN_DATE,
+                "--feature-group", feature_store.member_features_name,
+                "--region", self.region,
+                "--marker-path", curated.s3_url_for_object(feature_store.marker_key),
+            ],
+        )  # fmt: skip
         CfnOutput(self, "FlinkClusterId", value=self.flink.cluster_id)
         CfnOutput(self, "SparkClusterId", value=self.spark.cluster_id)
-        CfnOutput(self, "FlinkJobStepArgs", value=self.to_json_string(flink_step))
+        CfnOutput(self, "FlinkJobStepArgs", value=self.to_json_string(self.flink_keeper.step_args))
         CfnOutput(self, "SparkJobStepArgs", value=self.to_json_string(self.spark_etl_args))

@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 import pytest
-from aws_cdk import App
+from aws_cdk import App, Stack
 from aws_cdk.assertions import Template
 from aws_cdk.cx_api import CloudAssembly
 
@@ -40,12 +40,23 @@ class SynthesizedPlatform:
     platform: Platform
     assembly: CloudAssembly
 
-    def template(self, stack_attribute: str) -> Template:
-        return Template.from_stack(getattr(self.platform, stack_attribute))
+    def stack(self, name: str) -> Stack:
+        """A stack by its Platform attribute (`data`) or its name without the env prefix
+        (`serving-models-1`)."""
+        found = getattr(self.platform, name.replace("-", "_"), None)
+        if found is None:
+            (found,) = [
+                s
+                for s in self.platform.stacks
+                if s.stack_name == f"{self.config.resource_prefix}-{name}"
+            ]
+        return found
 
-    def template_json(self, stack_attribute: str) -> dict:
-        stack = getattr(self.platform, stack_attribute)
-        return self.assembly.get_stack_by_name(stack.stack_name).template
+    def template(self, stack_name: str) -> Template:
+        return Template.from_stack(self.stack(stack_name))
+
+    def template_json(self, stack_name: str) -> dict:
+        return self.assembly.get_stack_by_name(self.stack(stack_name).stack_name).template
 
     @property
     def template_files(self) -> list[Path]:

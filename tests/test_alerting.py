@@ -71,9 +71,22 @@ def test_the_services_that_publish_alerts_may_use_the_key_and_the_topic(each_env
     assert publish["Action"] == "sns:Publish"
 
 
+def _acts_on_scaling(template: dict, alarm: dict) -> bool:
+    return any(
+        template["Resources"].get(action.get("Ref"), {}).get("Type")
+        == "AWS::ApplicationAutoScaling::ScalingPolicy"
+        for action in alarm["Properties"]["AlarmActions"]
+    )
+
+
 def test_every_alarm_of_every_stack_notifies_the_alert_topic(each_env):
-    alarms = every_resource(each_env, "AWS::CloudWatch::Alarm")
-    assert len(alarms) >= 2
+    alarms = [
+        (template, lid, alarm)
+        for template, lid, alarm in every_resource(each_env, "AWS::CloudWatch::Alarm")
+        # Step scaling's own alarms act on a scaling policy; they are not for a person.
+        if not _acts_on_scaling(template, alarm)
+    ]
+    assert len(alarms) >= 4
     for _, lid, alarm in alarms:
         for actions in ("AlarmActions", "OKActions"):
             (action,) = alarm["Properties"][actions]
@@ -124,3 +137,38 @@ def test_every_encrypted_log_group_uses_a_key_that_admits_cloudwatch_logs(each_e
             if "Service" in s.get("Principal", {})
         ]
         assert logs in json.dumps(services), lid
+
+
+def test_every_eventbridge_and_scheduler_target_keeps_what_it_cannot_deliver(each_env):
+    targets = [
+        (lid, target)
+        for _, lid, rule in every_resource(each_env, "AWS::Events::Rule")
+        for target in rule["Properties"]["Targets"]
+    ] + [
+        (lid, schedule["Properties"]["Target"])
+        for _, lid, schedule in every_resource(each_env, "AWS::Scheduler::Schedule")
+    ]
+    assert len(targets) >= 9
+    for lid, target in targets:
+        assert "DeadLetterConfig" in target, lid
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 2, lid
+
+
+def test_roles_that_publish_alerts_may_use_the_alert_key(each_env):
+    publishers = []
+    for _, lid, policy in every_resource(each_env, "AWS::IAM::Policy"):
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        if any(
+            "sns:Publish" in json.dumps(s["Action"]) and alerts_topic(each_env) in json.dumps(s)
+            for s in statements
+        ):
+            publishers.append(lid)
+            assert any(
+                "kms:GenerateDataKey" in s["Action"]
+                and s["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"]
+                == f"alias/{each_env.config.resource_prefix}/alerts"
+                for s in statements
+                if "Condition" in s
+            ), lid
+    # The delivery workflow notifies every outcome.
+    assert publishers

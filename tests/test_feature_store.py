@@ -47,7 +47,9 @@ def test_feature_group_follows_the_environment_removal_policy(dev, prod):
 
 
 def test_freshness_alarm_fires_on_old_or_missing_figures(each_env):
-    alarms = each_env.template("data").find_resources("AWS::CloudWatch::Alarm")
+    alarms = each_env.template("data").find_resources(
+        "AWS::CloudWatch::Alarm", {"Properties": {"MetricName": "FeatureAgeSeconds"}}
+    )
     (alarm,) = alarms.values()
     properties = alarm["Properties"]
     assert properties["MetricName"] == "FeatureAgeSeconds"

@@ -17,10 +17,10 @@ def test_keyspace_is_named_for_the_environment(each_env):
 
 
 def test_member_and_prediction_tables_exist(each_env):
-    assert set(tables(each_env)) == {"member_profile", "predictions"}
+    assert set(tables(each_env)) == {"member_profile", "predictions", "member_history"}
 
 
-@pytest.mark.parametrize("name", ["member_profile", "predictions"])
+@pytest.mark.parametrize("name", ["member_profile", "predictions", "member_history"])
 def test_tables_are_encrypted_recoverable_and_on_demand(each_env, name):
     properties = tables(each_env)[name]["Properties"]
     encryption = properties["EncryptionSpecification"]
@@ -47,6 +47,24 @@ def test_predictions_are_keyed_by_member_then_model(each_env):
     assert properties["ClusteringKeyColumns"] == [
         {"Column": {"ColumnName": "model_name", "ColumnType": "text"}, "OrderBy": "ASC"}
     ]
+    # Each prediction records the version that made it and, under an experiment, the cell.
+    assert {c["ColumnName"]: c["ColumnType"] for c in properties["RegularColumns"]} == {
+        "model_version": "text",
+        "ranked_title_ids": "list<text>",
+        "scores": "list<double>",
+        "generated_at": "timestamp",
+        "experiment": "text",
+        "cell": "text",
+    }
+
+
+def test_member_history_holds_recent_titles_per_member(each_env):
+    properties = tables(each_env)["member_history"]["Properties"]
+    assert properties["PartitionKeyColumns"] == [{"ColumnName": "member_id", "ColumnType": "text"}]
+    assert {c["ColumnName"]: c["ColumnType"] for c in properties["RegularColumns"]} == {
+        "recent_title_ids": "list<text>",
+        "updated_at": "timestamp",
+    }
 
 
 def test_keyspaces_resources_follow_the_environment_removal_policy(dev, prod):

@@ -33,9 +33,24 @@ TAG_CONTRACT = {
     "ModelRegistry": ("model-registry", "model-registry"),
     "FeatureStore": ("feature-store", "feature-store"),
     "Alerting": ("monitoring", "ml-monitoring"),
+    "Serving": ("serving", "model-serving"),
+    "ModelRecommender": ("serving", "model-serving"),
+    "Delivery": ("spinnaker", "continuous-delivery"),
+    "CanaryRecommender": ("spinnaker", "continuous-delivery"),
+    "EmrTls": ("emr-tls", "certificates"),
 }
 
-STACKS = ("alerts", "network", "data", "streaming", "processing", "metaflow", "orchestration")
+STACKS = (
+    "alerts",
+    "network",
+    "data",
+    "streaming",
+    "processing",
+    "metaflow",
+    "orchestration",
+    "serving",
+    "serving-models-1",
+)
 
 # Lambda-backed helpers the CDK itself creates once per stack, outside every container
 # (the bootstrap-broker reader, the code deployment handler, the bucket-notification
@@ -64,6 +79,7 @@ PINNED_DATA_LOGICAL_IDS = {
     "OnlineStoreKeyspace30C26C2C": "AWS::Cassandra::Keyspace",
     "OnlineStoreMemberProfileTableE2C7787A": "AWS::Cassandra::Table",
     "OnlineStorePredictionsTable2A822C14": "AWS::Cassandra::Table",
+    "OnlineStoreMemberHistoryTable46312176": "AWS::Cassandra::Table",
     "DataCatalogSchemaMemberInteractions4A0717E2": "AWS::Glue::Schema",
 }
 PINNED_ALERTS_LOGICAL_IDS = {
@@ -183,8 +199,8 @@ def test_stateful_stacks_are_protected_only_in_prod(dev, prod):
     for name in ("data", "streaming", "metaflow"):
         assert getattr(prod.platform, name).termination_protection is True
         assert getattr(dev.platform, name).termination_protection is False
-    # Network, processing and orchestration are stateless and can be recreated.
-    for name in ("network", "processing", "orchestration"):
+    # Network, processing, orchestration and serving are stateless and can be recreated.
+    for name in ("network", "processing", "orchestration", "serving"):
         assert getattr(prod.platform, name).termination_protection is False
 
 
@@ -211,6 +227,12 @@ def test_dependency_chain_stays_short(each_env):
     assert names(platform.processing) == ["alerts", "data", "network", "streaming"]
     assert names(platform.metaflow) == ["data", "network"]
     assert names(platform.orchestration) == ["alerts", "data", "network", "processing"]
+    assert names(platform.serving) == ["alerts", "network"]
+    (models,) = platform.model_services
+    assert sorted(d.stack_name for d in models.dependencies) == [
+        f"{each_env.config.resource_prefix}-{name}"
+        for name in ("alerts", "data", "network", "serving")
+    ]
 
 
 @pytest.mark.parametrize(

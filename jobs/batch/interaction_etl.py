@@ -40,6 +40,7 @@ from jobs.batch.spark_io import (
     require_non_empty,
     write_text,
 )
+from jobs.layout import CURATED_TABLE, FEATURES_TABLE
 
 EVENT_TYPES = ("IMPRESSION", "PLAY", "COMPLETE", "THUMBS_UP", "THUMBS_DOWN", "ADD_TO_LIST")
 REQUIRED_FIELDS = (
@@ -51,8 +52,6 @@ REQUIRED_FIELDS = (
     "device_type",
     "country",
 )
-CURATED_TABLE = "member_interactions"
-FEATURES_TABLE = "member_features"
 FEATURE_WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
 REASON_COLUMN = "quarantine_reason"

@@ -1,11 +1,13 @@
 #!/bin/bash
 # EMR bootstrap action: installs the platform's job code and its Python dependencies on
-# every node. Argument: the S3 prefix the code was deployed to (s3://<artifacts>/code/<cluster>/).
+# every node. Arguments: the S3 prefix the code was deployed to (s3://<artifacts>/code/<cluster>/)
+# and the node folder to install it into (NODE_CODE_DIR of jobs/layout.py, which the cluster
+# construct passes, so the step arguments and this script name the same folder).
 set -euo pipefail
 
-code_url="${1:?usage: install_job_code.sh s3://bucket/code/<cluster>/}"
-# Overridable so the script can be exercised outside EMR.
-target="${ML_PLATFORM_HOME:-/home/hadoop/ml-platform}"
+usage="usage: install_job_code.sh s3://bucket/code/<cluster>/ /node/code/folder"
+code_url="${1:?$usage}"
+target="${2:?$usage}"
 flink_home="${FLINK_HOME_DIR:-/usr/lib/flink}"
 
 mkdir -p "$target"

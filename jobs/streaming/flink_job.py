@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from jobs.layout import DEAD_LETTER_PREFIX, RAW_EVENTS_PREFIX
 from jobs.streaming.records import (
-    DEAD_LETTER_PREFIX,
     DEFAULT_MAX_FUTURE_SKEW,
-    VALID_PREFIX,
     EventProcessor,
     default_schema_path,
     load_schema,
@@ -239,7 +238,9 @@ def run(args: argparse.Namespace, schema: dict[str, Any]) -> None:
 
     root = output_root(args)
     t_env = StreamTableEnvironment.create(env)
-    t_env.execute_sql(filesystem_sink_ddl("raw_events", f"{root}/{VALID_PREFIX}", _VALID_COLUMNS))
+    t_env.execute_sql(
+        filesystem_sink_ddl("raw_events", f"{root}/{RAW_EVENTS_PREFIX}", _VALID_COLUMNS)
+    )
     t_env.execute_sql(
         filesystem_sink_ddl("dead_letters", f"{root}/{DEAD_LETTER_PREFIX}", _DEAD_LETTER_COLUMNS)
     )

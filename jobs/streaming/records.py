@@ -23,9 +23,9 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.validation import ValidationError, validate
 
+from jobs.layout import DEAD_LETTER_PREFIX, RAW_EVENTS_PREFIX
+
 SCHEMA_FILENAME = "member_interaction_event.avsc"
-VALID_PREFIX = "streaming/member_interactions"
-DEAD_LETTER_PREFIX = "streaming/_dead_letter/member_interactions"
 DEFAULT_MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -140,7 +140,7 @@ class EventProcessor:
             ("event_date", event_time.strftime("%Y-%m-%d")),
             ("event_hour", event_time.strftime("%H")),
         )
-        return RoutedRecord(True, _partition_path(VALID_PREFIX, partition), partition, event)
+        return RoutedRecord(True, _partition_path(RAW_EVENTS_PREFIX, partition), partition, event)
 
     def _validate(self, text: str, received_at: datetime) -> dict[str, Any]:
         try:

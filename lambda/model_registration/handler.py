@@ -20,7 +20,8 @@ these customer metadata properties:
 - ``metric_<name>`` for every final metric, the value as Python's ``repr`` of the float;
 - ``approval_reason``: the decision below, which outlives a reviewer's later
   ``ApprovalDescription``;
-- ``hyperparameter_<name>`` for the job's hyperparameters, while the 50 properties allow.
+- ``hyperparameter_<name>`` for the job's hyperparameters, while the 50 properties allow
+  (one is left for ``deployment``, which delivery records when it rolls the version out).
 
 The API only takes letters, digits, spaces and ``_.:/=+-@`` in those keys and values (no commas
 or quotes), up to 128 characters a key and 256 a value: other characters become ``_`` and
@@ -96,6 +97,8 @@ MAX_CODE_VERSION_LENGTH = 1024  # MetadataProperties.CommitId
 MAX_IMAGE_LENGTH = 255
 MAX_DESCRIPTION_LENGTH = 1024
 MAX_METADATA_PROPERTIES = 50
+# Added after registration: approval_reason here, and delivery's record of the rollout.
+RESERVED_METADATA_PROPERTIES = ("approval_reason", "deployment")
 MAX_METADATA_KEY_LENGTH = 128
 MAX_METADATA_VALUE_LENGTH = 256
 METADATA_PUNCTUATION = frozenset("_.:/=+-@")
@@ -193,7 +196,7 @@ def _input_data_uris(job: dict[str, Any]) -> str:
 def _customer_metadata(
     job: dict[str, Any], metrics: dict[str, float], decisive: str, code_version: str
 ) -> dict[str, str]:
-    """The version's customer metadata, one property short of the limit for approval_reason."""
+    """The version's customer metadata, leaving room for the properties added later."""
     ended_at = job["TrainingEndTime"].astimezone(dt.UTC)
     entries = [
         ("training_job_name", job["TrainingJobName"]),
@@ -214,7 +217,7 @@ def _customer_metadata(
         value = _metadata_text(raw_value, MAX_METADATA_VALUE_LENGTH)
         if key in metadata or not value:
             continue
-        if len(metadata) == MAX_METADATA_PROPERTIES - 1:
+        if len(metadata) == MAX_METADATA_PROPERTIES - len(RESERVED_METADATA_PROPERTIES):
             dropped.append(key)
             continue
         metadata[key] = value

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
+
+from jobs.layout import JOBS_ARCHIVE, NODE_CODE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "jobs" / "emr" / "install_job_code.sh"
@@ -38,12 +40,11 @@ def run_bootstrap(tmp_path: Path, *, flink: bool) -> tuple[Path, list[str]]:
     target = tmp_path / "ml-platform"
     calls = tmp_path / "calls.log"
     subprocess.run(
-        ["bash", str(SCRIPT), "s3://artifacts/code/flink/"],
+        ["bash", str(SCRIPT), "s3://artifacts/code/flink/", str(target)],
         env={
             **os.environ,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             "CALLS": str(calls),
-            "ML_PLATFORM_HOME": str(target),
             "FLINK_HOME_DIR": str(flink_home),
         },
         check=True,
@@ -60,10 +61,24 @@ def test_installs_code_requirements_and_the_job_archive(tmp_path, flink):
     assert f"sudo python3.11 -m pip install --quiet --requirement {target}/jobs/{requirements}" in (
         calls
     )
-    with zipfile.ZipFile(target / "jobs.zip") as archive:
+    # The step arguments name the archive by its path in jobs/layout.py.
+    with zipfile.ZipFile(target / PurePosixPath(JOBS_ARCHIVE).name) as archive:
         names = archive.namelist()
+    assert PurePosixPath(JOBS_ARCHIVE).parent == PurePosixPath(NODE_CODE_DIR)
     assert "jobs/streaming/records.py" in names
     assert "jobs/batch/interaction_etl.py" in names
+    assert "jobs/layout.py" in names
+
+
+def test_refuses_to_run_without_the_node_folder():
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "s3://artifacts/code/spark/"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "usage: install_job_code.sh" in result.stderr
 
 
 def test_flink_nodes_get_the_unshaded_connector_its_client_and_msk_iam(tmp_path):

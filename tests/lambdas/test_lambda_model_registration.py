@@ -375,10 +375,11 @@ def test_customer_metadata_keeps_to_the_api_character_set_and_limits(
     assert package["MetadataProperties"]["CommitId"] == code_version
     assert metadata["metric_loss _train_"] == "0.25"
     assert metadata["metric_precision_at_5"] == "0.5"
-    assert len(metadata) == 50
-    # 7 fixed and metric properties, 42 hyperparameters, then approval_reason.
+    # 7 fixed and metric properties, 41 hyperparameters, then approval_reason; one left for
+    # delivery's deployment record.
+    assert len(metadata) == 49
     assert [key for key in metadata if key.startswith("hyperparameter_")] == [
-        f"hyperparameter_param_{i:02}" for i in range(42)
+        f"hyperparameter_param_{i:02}" for i in range(41)
     ]
     assert all(len(key) <= 128 and len(value) <= 256 for key, value in metadata.items())
 

@@ -275,6 +275,7 @@ def test_module_cli_reads_the_sagemaker_environment(planted_channel: Path, tmp_p
     assert {path.name for path in (tmp_path / "model").iterdir()} == {
         "model.pt",
         "id_maps.json",
+        "popularity.json",
         "metrics.json",
     }
 

@@ -11,8 +11,8 @@ job runs as ``python -m training.recommender.train``. The job:
    checkpoint after every epoch and resuming from the latest matching one;
 3. evaluates recall@k and NDCG@k on the holdout for the model and a popularity baseline, and
    fails when ``--min-recall`` is given and not reached;
-4. only then writes ``model.pt``, ``id_maps.json`` and ``metrics.json`` to the model folder,
-   and ``metrics.json`` to the output data folder.
+4. only then writes the model folder (``model.pt``, ``id_maps.json``, ``popularity.json`` and
+   ``metrics.json``, see :mod:`artifact`) and ``metrics.json`` to the output data folder.
 
 Metrics are printed as ``METRIC <name>=<value>`` lines for SageMaker's metric definitions.
 A failure prints one ``training failed: <reason>`` line to stderr, writes the reason to the
@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 if __package__:
-    from . import checkpoints, data, evaluation
+    from . import artifact, checkpoints, data, evaluation
     from .model import MatrixFactorization, NegativeSampler, train_epoch
 else:  # SageMaker runs train.py as a script from the source directory, outside any package.
+    import artifact
     import checkpoints
     import data
     import evaluation
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-dir",
         type=Path,
         default=Path(env.get("SM_MODEL_DIR", DEFAULT_MODEL_DIR)),
-        help="where model.pt, id_maps.json and metrics.json go ($SM_MODEL_DIR)",
+        help="where the model folder's files go ($SM_MODEL_DIR)",
     )
     parser.add_argument(
         "--output-data-dir",
@@ -255,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, float | int]:
         )
 
     _write_artifacts(args, model, split, metrics)
-    _log(f"wrote model.pt, id_maps.json and metrics.json to {args.model_dir}")
+    _log(f"wrote {', '.join(artifact.ARTIFACT_FILES)} to {args.model_dir}")
     return metrics
 
 
@@ -265,19 +266,15 @@ def _write_artifacts(
     split: data.TrainingSplit,
     metrics: dict[str, float | int],
 ) -> None:
-    args.model_dir.mkdir(parents=True, exist_ok=True)
-    args.output_data_dir.mkdir(parents=True, exist_ok=True)
-    # Saved from the CPU so the weights load on hosts without a GPU.
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    torch.save(state, args.model_dir / "model.pt")
-    id_maps = {
-        "member_index": {member: index for index, member in enumerate(split.member_ids)},
-        "title_index": {title: index for index, title in enumerate(split.title_ids)},
-    }
-    (args.model_dir / "id_maps.json").write_text(json.dumps(id_maps))
-    metrics_json = json.dumps(metrics, indent=2)
-    (args.model_dir / "metrics.json").write_text(metrics_json)
-    (args.output_data_dir / "metrics.json").write_text(metrics_json)
+    artifact.save(
+        args.model_dir,
+        model=model,
+        member_ids=split.member_ids,
+        title_ids=split.title_ids,
+        title_positives=np.bincount(split.train_titles, minlength=split.num_titles),
+        metrics=metrics,
+    )
+    artifact.write_metrics(args.output_data_dir, metrics)
 
 
 def _select_device(num_gpus: int) -> torch.device:

@@ -1,0 +1,1 @@
+"""Serving workloads of the platform, built into container images."""
