@@ -7,6 +7,7 @@ import json
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from cdk_constructs.function import PlatformFunction
@@ -23,7 +24,8 @@ class SignalBus(Construct):
       signal against that declaration and is idempotent on the caller's key (Powertools
       idempotency on a DynamoDB table with point-in-time recovery and a TTL);
     - the publisher may put events on this bus only, and use only the table calls Powertools
-      makes;
+      makes; the bus's policy refuses PutEvents from every other principal, so no caller can
+      skip the publisher's validation and idempotency;
     - a rule can only be made for a declared signal with all of its required parameters.
     """
 
@@ -63,6 +65,21 @@ class SignalBus(Construct):
             log_retention_days=log_retention_days,
         )
         self.bus.grant_put_events_to(self.publisher.function)
+        # Any other caller of this account would skip the publisher's validation and
+        # idempotency: the bus itself refuses everyone but the publisher. (The CDK's own
+        # EventBusPolicy reads a deprecated property and prints a warning at synth.)
+        self.bus.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="OnlyThePublisherPutsSignals",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["events:PutEvents"],
+                resources=[self.bus.event_bus_arn],
+                conditions={
+                    "ArnNotEquals": {"aws:PrincipalArn": self.publisher.function.role.role_arn}
+                },
+            )
+        )
         idempotency.grant(
             self.publisher.function,
             "dynamodb:GetItem",

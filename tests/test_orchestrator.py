@@ -161,6 +161,16 @@ def test_time_trigger_is_a_schedule_in_the_configured_zone(each_env):
     }
 
 
+def bus_id(synth) -> str:
+    buses = resources(synth, "AWS::Events::EventBus")
+    (bus,) = [
+        lid
+        for lid, bus in buses.items()
+        if bus["Properties"]["Name"] == f"ml-platform-{synth.config.env_name}-signals"
+    ]
+    return bus
+
+
 def rules(synth) -> list[dict]:
     return [r["Properties"] for r in resources(synth, "AWS::Events::Rule").values()]
 
@@ -176,14 +186,8 @@ def test_signal_triggers_match_name_and_parameters_on_the_signal_bus(each_env):
         (["features-requested"], {"params": {"reason": ["manual"]}}),
         (["retrain-requested"], {"params": {"model": ["recommender"]}}),
     ]
-    buses = resources(each_env, "AWS::Events::EventBus")
-    (bus,) = [
-        lid
-        for lid, bus in buses.items()
-        if bus["Properties"]["Name"] == f"ml-platform-{each_env.config.env_name}-signals"
-    ]
     for rule in signal_rules:
-        assert rule["EventBusName"] == {"Ref": bus}
+        assert rule["EventBusName"] == {"Ref": bus_id(each_env)}
 
 
 def test_data_trigger_listens_for_objects_under_the_backfill_prefix(each_env):
@@ -249,3 +253,19 @@ def test_embedded_run_date_placeholders_are_refused():
     assert with_run_date("--run-date") == "--run-date"
     with pytest.raises(ValueError, match="whole argument"):
         with_run_date("s3://bucket/{run_date}/")
+
+
+def test_only_the_publisher_may_put_events_on_the_signal_bus(each_env):
+    (policy,) = resources(each_env, "AWS::Events::EventBusPolicy").values()
+    statement = policy["Properties"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == {"AWS": "*"}
+    assert statement["Action"] == "events:PutEvents"
+    role_id, attribute = statement["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]["Fn::GetAtt"]
+    assert attribute == "Arn"
+    assert statement["Resource"] == {"Fn::GetAtt": [bus_id(each_env), "Arn"]}
+    functions = resources(each_env, "AWS::Lambda::Function")
+    (publisher,) = [
+        f for f in functions.values() if "SIGNALS" in f["Properties"]["Environment"]["Variables"]
+    ]
+    assert publisher["Properties"]["Role"] == {"Fn::GetAtt": [role_id, "Arn"]}
