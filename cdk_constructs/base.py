@@ -9,6 +9,7 @@ from typing import ClassVar
 import jsii
 from aws_cdk import Acknowledgment, Aspects, IAspect, RemovalPolicy, Tags, Validations
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct, IConstruct
@@ -39,6 +40,20 @@ class PlatformContainer(Construct):
 def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
     """Accept a cdk-nag finding on `scope`; the reason must name the specific cause."""
     Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
+
+
+def grant_key_use_for_aws_resources(key: kms.IKey, grantee: iam.IGrantable) -> None:
+    """Let `grantee` describe `key` and create grants on it only for AWS resources (an EBS
+    volume, a training job): the grants a service makes on its behalf, never one for a
+    principal of its choosing."""
+    key.grant(grantee, "kms:DescribeKey")
+    grantee.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["kms:CreateGrant"],
+            resources=[key.key_arn],
+            conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+        )
+    )
 
 
 def stateful_removal_policy(*, protect: bool) -> RemovalPolicy:

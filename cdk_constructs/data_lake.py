@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Aws, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -13,6 +13,8 @@ from platform_config.model import DataLakeConfig
 
 ZONES = ("raw", "curated", "artifacts", "logs")
 
+# Construct id of the CDK's bucket-emptying provider (fixed by the CDK).
+_AUTO_DELETE_PROVIDER = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
 # Construct id of the CDK's bucket-notification handler (fixed by the CDK).
 _BUCKET_NOTIFICATIONS_SINGLETON = "BucketNotificationsHandler050a0587b7544547bf325f094a3db834"
 
@@ -45,7 +47,9 @@ class DataLake(PlatformContainer):
       expire;
     - raw and curated buckets send their object events to EventBridge, where workflows'
       data-availability triggers listen;
-    - removal follows the environment: RETAIN when protected, else DESTROY with auto-delete.
+    - removal follows the environment: RETAIN when protected, else DESTROY with auto-delete;
+    - no principal but the break-glass role (and, when disposable, the bucket-emptying handler)
+      may delete an object version, whatever its IAM policies allow.
     """
 
     container = "data-lake"
@@ -59,6 +63,7 @@ class DataLake(PlatformContainer):
         config: DataLakeConfig,
         bucket_name_prefix: str,
         key_alias: str,
+        break_glass_role_name: str,
         removal_policy: RemovalPolicy,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -183,3 +188,36 @@ class DataLake(PlatformContainer):
             "this AWS basic execution policy.",
         )
         self.artifacts_bucket = zone_bucket("artifacts", [expire_old_versions])
+        self._protect_versions(break_glass_role_name, auto_delete=auto_delete)
+
+    def _protect_versions(self, break_glass_role_name: str, *, auto_delete: bool) -> None:
+        """Object versions are the last line against deletion: no principal but the
+        break-glass role (and, where the environment is disposable, the CDK's bucket-emptying
+        handler) may delete one, whatever its IAM policies allow."""
+        stack = Stack.of(self)
+        exempt = [
+            stack.format_arn(
+                service="iam", region="", resource="role", resource_name=break_glass_role_name
+            )
+        ]
+        if auto_delete:
+            provider = stack.node.find_child(_AUTO_DELETE_PROVIDER)
+            exempt.append(
+                Fn.get_att(provider.node.find_child("Role").logical_id, "Arn").to_string()
+            )
+        for bucket in (
+            self.raw_bucket,
+            self.curated_bucket,
+            self.artifacts_bucket,
+            self.logs_bucket,
+        ):
+            bucket.add_to_resource_policy(
+                iam.PolicyStatement(
+                    sid="VersionsAreDeletedOnlyByBreakGlass",
+                    effect=iam.Effect.DENY,
+                    principals=[iam.AnyPrincipal()],
+                    actions=["s3:DeleteObjectVersion"],
+                    resources=[bucket.arn_for_objects("*")],
+                    conditions={"ArnNotLike": {"aws:PrincipalArn": exempt}},
+                )
+            )

@@ -15,7 +15,12 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3_deployment
 from constructs import Construct
 
-from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wildcard_grants
+from cdk_constructs.base import (
+    PlatformContainer,
+    acknowledge,
+    acknowledge_wildcard_grants,
+    grant_key_use_for_aws_resources,
+)
 from cdk_constructs.function import PlatformFunction
 from jobs.layout import NODE_CODE_DIR
 from platform_config.model import EmrClusterConfig, EmrTlsConfig
@@ -209,9 +214,9 @@ class EmrCluster(PlatformContainer):
         )
         self.instance_role.grant_pass_role(self.service_role)
         # EMR launches the nodes' encrypted EBS volumes, so it needs grants on the key.
-        encryption_key.grant(self.service_role, "kms:CreateGrant", "kms:DescribeKey")
+        grant_key_use_for_aws_resources(encryption_key, self.service_role)
         encryption_key.grant_encrypt_decrypt(self.instance_role)
-        encryption_key.grant(self.instance_role, "kms:CreateGrant", "kms:DescribeKey")
+        grant_key_use_for_aws_resources(encryption_key, self.instance_role)
 
         acknowledge_wildcard_grants(
             self.instance_role,
@@ -433,12 +438,14 @@ def _acknowledge_deployment_handler(scope: Construct) -> None:
         {
             r"Action::(s3:(GetObject|GetBucket|List|Abort|DeleteObject)|"
             r"kms:(GenerateDataKey|ReEncrypt))\*": (
-                "The deployment handler copies code assets from the CDK asset bucket into "
-                "the artifacts bucket's code prefixes, encrypting with the platform key."
+                "The CDK's deployment handler reads the CDK asset bucket and gets read, write "
+                "and delete on its whole destination bucket (the construct scopes no prefix); "
+                "it only syncs the code prefixes, and the artifacts bucket's policy denies "
+                "version deletion to all but break-glass, so a prune only adds delete markers."
             ),
             r"Resource::.*/\*": (
-                "Object ARNs of the CDK asset bucket and of the artifacts bucket's code "
-                "prefixes the handler syncs (and prunes)."
+                "Every object of the CDK asset bucket and of the artifacts bucket (the CDK's "
+                "whole-bucket grant); object versions stay protected by the bucket policy."
             ),
         },
     )

@@ -15,7 +15,11 @@ from aws_cdk import aws_scheduler_targets as scheduler_targets
 from constructs import Construct
 
 from cdk_constructs.alerting import AlertTarget
-from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants
+from cdk_constructs.base import (
+    PlatformContainer,
+    acknowledge_wildcard_grants,
+    grant_key_use_for_aws_resources,
+)
 from cdk_constructs.function import PlatformFunction
 from jobs.batch.feature_ingestion import (
     EVENT_TIME_FEATURE,
@@ -75,7 +79,7 @@ class FeatureStore(PlatformContainer):
             )
         )
         encryption_key.grant_encrypt_decrypt(self.offline_role)
-        encryption_key.grant(self.offline_role, "kms:DescribeKey", "kms:CreateGrant")
+        grant_key_use_for_aws_resources(encryption_key, self.offline_role)
         self.offline_role.add_to_policy(
             iam.PolicyStatement(
                 actions=[
@@ -173,7 +177,22 @@ class FeatureStore(PlatformContainer):
             },
             log_retention_days=log_retention_days,
         ).function
-        offline_bucket.grant_read(freshness, self.marker_key)
+        # The marker object only; listing is limited to its key, so that a missing marker
+        # reads as 404 rather than 403.
+        freshness.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"],
+                resources=[offline_bucket.arn_for_objects(self.marker_key)],
+            )
+        )
+        freshness.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[offline_bucket.bucket_arn],
+                conditions={"StringEquals": {"s3:prefix": self.marker_key}},
+            )
+        )
+        encryption_key.grant_decrypt(freshness)
         freshness.add_to_role_policy(
             iam.PolicyStatement(
                 # PutMetricData takes no resource; the namespace condition is the scope.
@@ -188,9 +207,6 @@ class FeatureStore(PlatformContainer):
                 r"Resource::\*": (
                     "cloudwatch:PutMetricData accepts no resource; a condition limits it to the "
                     "feature-store namespace."
-                ),
-                r"Action::(s3:(GetObject|GetBucket|List)|kms:(GenerateDataKey|ReEncrypt))\*": (
-                    "The CDK's S3 read grant on the one ingestion marker object and its key."
                 ),
             },
         )

@@ -165,10 +165,6 @@ class Orchestrator(PlatformContainer):
                 r"Resource::arn:.*:sagemaker:.*:training-job/.*-recommender-\*": (
                     "Training jobs are named per run under the recommender's prefix at run time."
                 ),
-                r"Resource::arn:.*:elasticmapreduce:.*:cluster/\*": (
-                    "The CDK's EMR step task grants add/describe/cancel step on clusters; the "
-                    "workflow passes one cluster id, known only at deploy time."
-                ),
             },
         )
         return machine

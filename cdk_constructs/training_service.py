@@ -18,7 +18,11 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants
+from cdk_constructs.base import (
+    PlatformContainer,
+    acknowledge_wildcard_grants,
+    grant_key_use_for_aws_resources,
+)
 from cdk_constructs.function import PlatformFunction
 from platform_config.model import TrainingConfig
 
@@ -143,7 +147,7 @@ class TrainingService(PlatformContainer):
         self.output_prefix = f"{MODELS_PREFIX}{name_prefix}-recommender/"
         artifacts_bucket.grant_read_write(self.role, f"{self.output_prefix}*")
         encryption_key.grant_encrypt_decrypt(self.role)
-        encryption_key.grant(self.role, "kms:CreateGrant", "kms:DescribeKey")
+        grant_key_use_for_aws_resources(encryption_key, self.role)
         repository = self.image_uri.split("/", 1)[1].split(":", 1)[0]
         account = self.image_uri.split(".", 1)[0]
         self.role.add_to_policy(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aws_cdk import Duration, TimeZone
+from aws_cdk import Duration, Stack, TimeZone
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -165,10 +165,12 @@ class QualityGateStep:
 
 @dataclass(frozen=True)
 class EmrStep:
-    """Runs a command (e.g. spark-submit) as an EMR step and waits for it.
+    """Runs a command (e.g. spark-submit) as an EMR step on one cluster and waits for it.
 
     On time-out Step Functions cancels the step, so a hung job cannot hold the cluster (which
-    runs one step at a time) and block every later run.
+    runs one step at a time) and block every later run. A custom state rather than the CDK's
+    EmrAddStep task, whose grant covers every cluster of the account (the Flink cluster
+    included): the state machine may add, watch and cancel steps on this cluster only.
     """
 
     name: str
@@ -178,24 +180,62 @@ class EmrStep:
     depends_on: tuple[str, ...] = ()
 
     def build(self, context: StepContext) -> State:
-        state = tasks.EmrAddStep.jsonata(
-            context.scope,
-            f"{context.workflow}-{self.name}",
-            state_name=self.name,
-            cluster_id=self.cluster_id,
-            name=f"{context.workflow}-{self.name}",
-            jar="command-runner.jar",
-            args=[with_run_date(arg) for arg in self.args],
-            action_on_failure=tasks.ActionOnFailure.CONTINUE,
-            integration_pattern=sfn.IntegrationPattern.RUN_JOB,
-            task_timeout=sfn.Timeout.duration(self.timeout),
-            # Keep the run's state (run date, gate report) for the steps after this one.
-            outputs="{% $states.input %}",
+        stack = Stack.of(context.scope)
+        state = sfn.CustomState(
+            Construct(context.scope, f"{context.workflow}-{self.name}"),
+            self.name,
+            state_json={
+                "Type": "Task",
+                "Resource": f"arn:{stack.partition}:states:::elasticmapreduce:addStep.sync",
+                "Arguments": {
+                    "ClusterId": self.cluster_id,
+                    "Step": {
+                        "Name": f"{context.workflow}-{self.name}",
+                        "ActionOnFailure": "CONTINUE",
+                        "HadoopJarStep": {
+                            "Jar": "command-runner.jar",
+                            "Args": [with_run_date(arg) for arg in self.args],
+                        },
+                    },
+                },
+                "TimeoutSeconds": int(self.timeout.to_seconds()),
+                # Keep the run's state (run date, gate report) for the steps after this one.
+                "Output": "{% $states.input %}",
+            },
         )
         return _retry(state, ("EMR.AmazonElasticMapReduceException",))
 
     def grant(self, role: iam.IRole) -> None:
-        """The EmrAddStep task grants the step calls itself."""
+        stack = Stack.of(role)
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "elasticmapreduce:AddJobFlowSteps",
+                    "elasticmapreduce:DescribeStep",
+                    "elasticmapreduce:CancelSteps",
+                ],
+                resources=[
+                    stack.format_arn(
+                        service="elasticmapreduce",
+                        resource="cluster",
+                        resource_name=self.cluster_id,
+                    )
+                ],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                # Step Functions' .sync integration watches the step through this managed rule.
+                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                resources=[
+                    stack.format_arn(
+                        service="events",
+                        resource="rule",
+                        resource_name="StepFunctionsGetEventForEMRAddJobFlowStepsRule",
+                    )
+                ],
+            )
+        )
 
 
 @dataclass(frozen=True)

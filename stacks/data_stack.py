@@ -35,6 +35,7 @@ class DataStack(Stack):
             config=config.data_lake,
             bucket_name_prefix=config.bucket_prefix,
             key_alias=f"alias/{config.resource_prefix}/data",
+            break_glass_role_name=f"{config.resource_prefix}-data-break-glass",
             removal_policy=removal_policy,
         )
         self.catalog = DataCatalog(

@@ -172,3 +172,18 @@ def test_roles_that_publish_alerts_may_use_the_alert_key(each_env):
             ), lid
     # The delivery workflow notifies every outcome.
     assert publishers
+
+
+def test_keys_are_granted_only_for_aws_resources(each_env):
+    """kms:CreateGrant lets a principal hand key use to anyone; every grant of it here is
+    limited to grants a service makes for an AWS resource (EBS volumes, training jobs)."""
+    statements = [
+        (lid, s)
+        for _, lid, policy in every_resource(each_env, "AWS::IAM::Policy")
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "kms:CreateGrant" in json.dumps(s["Action"])
+    ]
+    assert len(statements) >= 4
+    for lid, statement in statements:
+        assert statement["Action"] == "kms:CreateGrant", lid
+        assert statement["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}, lid

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aws_cdk.assertions import Match
 
@@ -60,7 +62,11 @@ def test_every_bucket_blocks_public_access_versions_and_disables_acls(each_env, 
 
 @pytest.mark.parametrize("name", [*ZONE_BUCKETS, "Logs"])
 def test_every_bucket_denies_plain_http_and_old_tls(each_env, name):
-    denies = [s for s in bucket_policy(each_env, name) if s["Effect"] == "Deny"]
+    denies = [
+        s
+        for s in bucket_policy(each_env, name)
+        if s["Effect"] == "Deny" and s.get("Sid") != "VersionsAreDeletedOnlyByBreakGlass"
+    ]
     conditions = [s["Condition"] for s in denies]
     assert {"Bool": {"aws:SecureTransport": "false"}} in conditions
     assert {"NumericLessThan": {"s3:TlsVersion": 1.2}} in conditions
@@ -136,3 +142,34 @@ def test_prod_retains_buckets_and_key_and_never_auto_deletes(prod):
         {"Tags": Match.array_with([{"Key": "aws-cdk:auto-delete-objects", "Value": "true"}])},
         0,
     )
+
+
+def _version_guard(synth, bucket: str) -> dict:
+    policies = synth.template_json("data")["Resources"]
+    (policy,) = [
+        r["Properties"]["PolicyDocument"]
+        for lid, r in policies.items()
+        if r["Type"] == "AWS::S3::BucketPolicy" and lid.startswith(f"DataLake{bucket}BucketPolicy")
+    ]
+    (guard,) = [
+        s for s in policy["Statement"] if s.get("Sid") == "VersionsAreDeletedOnlyByBreakGlass"
+    ]
+    return guard
+
+
+@pytest.mark.parametrize("bucket", ["Raw", "Curated", "Artifacts", "Logs"])
+def test_only_the_break_glass_role_may_delete_object_versions(dev, prod, bucket):
+    for synth in (dev, prod):
+        guard = _version_guard(synth, bucket)
+        assert guard["Effect"] == "Deny"
+        assert guard["Principal"] == {"AWS": "*"}
+        assert guard["Action"] == "s3:DeleteObjectVersion"
+        exempt = guard["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+        exempt = exempt if isinstance(exempt, list) else [exempt]
+        break_glass = f":role/ml-platform-{synth.config.env_name}-data-break-glass"
+        assert break_glass in json.dumps(exempt[0])
+    # Prod exempts nobody else; dev also lets the CDK's handler empty buckets on teardown.
+    prod_exempt = _version_guard(prod, bucket)["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+    assert "AutoDeleteObjects" not in json.dumps(prod_exempt)
+    dev_exempt = _version_guard(dev, bucket)["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+    assert "CustomS3AutoDeleteObjectsCustomResourceProviderRole" in json.dumps(dev_exempt)

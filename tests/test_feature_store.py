@@ -71,3 +71,18 @@ def test_spark_may_put_records_into_the_member_features_group_only(each_env):
     assert f"feature-group/ml-platform-{each_env.config.env_name}-member-features" in json.dumps(
         put["Resource"]
     )
+
+
+def test_the_freshness_check_reads_only_the_marker(each_env):
+    policies = each_env.template("data").find_resources("AWS::IAM::Policy")
+    (policy,) = [
+        p for lid, p in policies.items() if lid.startswith("FeatureStoreFreshnessFunction")
+    ]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    s3_statements = [s for s in statements if "s3:" in json.dumps(s["Action"])]
+    assert sorted(s["Action"] for s in s3_statements) == ["s3:GetObject", "s3:ListBucket"]
+    (get,) = [s for s in s3_statements if s["Action"] == "s3:GetObject"]
+    assert "features/_ingested/" in json.dumps(get["Resource"])
+    (listing,) = [s for s in s3_statements if s["Action"] == "s3:ListBucket"]
+    (prefix,) = listing["Condition"]["StringEquals"].values()
+    assert prefix.startswith("features/_ingested/")

@@ -269,3 +269,20 @@ def test_only_the_publisher_may_put_events_on_the_signal_bus(each_env):
         f for f in functions.values() if "SIGNALS" in f["Properties"]["Environment"]["Variables"]
     ]
     assert publisher["Properties"]["Role"] == {"Fn::GetAtt": [role_id, "Arn"]}
+
+
+def test_the_workflow_may_add_steps_to_the_spark_cluster_only(each_env):
+    policies = resources(each_env, "AWS::IAM::Policy")
+    statements = [
+        s
+        for lid, p in policies.items()
+        if "trainrecommender" in lid.lower()
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        if "elasticmapreduce:AddJobFlowSteps" in json.dumps(s["Action"])
+    ]
+    assert statements
+    for statement in statements:
+        resource = json.dumps(statement["Resource"])
+        assert "cluster/*" not in resource
+        assert "SparkCluster" in resource
+        assert "Flink" not in resource
