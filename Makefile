@@ -13,6 +13,10 @@ STAMP := $(VENV)/.installed
 FLINK_VENV := .venv-flink
 FLINK_REQUIREMENTS := tests/flink/requirements.txt
 FLINK_STAMP := $(FLINK_VENV)/.installed
+# checkov pins boto3 and packaging older than .venv's, so it too has a venv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_REQUIREMENTS := tests/checkov/requirements.txt
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # The CLI would otherwise phone home for notices and telemetry; synth stays offline.
 export CDK_DISABLE_CLI_TELEMETRY := true
@@ -22,7 +26,7 @@ CONFIG ?=
 CDK_CONTEXT := -c env=$(ENV) $(if $(CONFIG),-c config=$(CONFIG))
 CDK := npx --no-install cdk --no-notices
 
-.PHONY: install synth test test-flink lint format bench bench-serving diff deploy clean
+.PHONY: install synth test test-flink test-checkov lint format bench bench-serving bench-training diff deploy clean
 
 install: $(STAMP)
 
@@ -39,6 +43,12 @@ $(FLINK_STAMP): $(FLINK_REQUIREMENTS) jobs/requirements-emr-flink.txt jobs/requi
 		-r $(FLINK_REQUIREMENTS)
 	touch $@
 
+$(CHECKOV_STAMP): $(CHECKOV_REQUIREMENTS)
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r $(CHECKOV_REQUIREMENTS)
+	touch $@
+
 synth: $(STAMP)
 	$(CDK) synth --quiet $(CDK_CONTEXT)
 	@echo "Templates for '$(ENV)' are in cdk.out/"
@@ -50,10 +60,18 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-flink
+	$(MAKE) --no-print-directory test-checkov
 
 # --noconftest: tests/conftest.py imports the CDK, which .venv-flink does not have.
 test-flink: $(FLINK_STAMP)
 	$(FLINK_VENV)/bin/python -m pytest --noconftest tests/flink
+
+# Both shipped environments, synthesized by .venv and scanned by .venv-checkov; any finding
+# not skipped on its resource with a reason (or listed in tests/checkov/pending.txt) fails.
+test-checkov: $(STAMP) $(CHECKOV_STAMP)
+	out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+	$(BIN)/python -m tools.synth_templates --out "$$out" dev prod && \
+	$(CHECKOV_VENV)/bin/python tests/checkov/scan.py "$$out/dev" "$$out/prod"
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -64,6 +82,9 @@ bench: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python tools/bench_serving.py
+
+bench-training: $(STAMP)
+	$(BIN)/python tools/bench_training.py
 
 diff: $(STAMP)
 	$(CDK) diff --all $(CDK_CONTEXT)

@@ -7,7 +7,15 @@ import typing
 from typing import ClassVar
 
 import jsii
-from aws_cdk import Acknowledgment, Aspects, IAspect, RemovalPolicy, Tags, Validations
+from aws_cdk import (
+    Acknowledgment,
+    Aspects,
+    CfnResource,
+    IAspect,
+    RemovalPolicy,
+    Tags,
+    Validations,
+)
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -40,6 +48,23 @@ class PlatformContainer(Construct):
 def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
     """Accept a cdk-nag finding on `scope`; the reason must name the specific cause."""
     Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
+
+
+def skip_checkov(resource: IConstruct, check_id: str, reason: str) -> None:
+    """Accept a checkov finding on `resource` (a CloudFormation resource or the construct whose
+    default child it is); the one-line reason must name the specific cause.
+
+    checkov reads skips from the resource's `Metadata.checkov.skip`; this adds one to those
+    already there (replacing one for the same check, so a stack singleton that several
+    constructs explain is skipped once) and leaves the CDK's own metadata in place.
+    """
+    cfn = resource if isinstance(resource, CfnResource) else resource.node.default_child
+    skips = [
+        skip
+        for skip in (cfn.get_metadata("checkov") or {}).get("skip", [])
+        if skip["id"] != check_id
+    ]
+    cfn.add_metadata("checkov", {"skip": [*skips, {"id": check_id, "comment": reason}]})
 
 
 def grant_key_use_for_aws_resources(key: kms.IKey, grantee: iam.IGrantable) -> None:

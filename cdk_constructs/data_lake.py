@@ -8,7 +8,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk_constructs.base import PlatformContainer, acknowledge
+from cdk_constructs.base import PlatformContainer, acknowledge, skip_checkov
+from cdk_constructs.function import skip_checkov_for_deploy_handler
 from platform_config.model import DataLakeConfig
 
 ZONES = ("raw", "curated", "artifacts", "logs")
@@ -130,6 +131,12 @@ class DataLake(PlatformContainer):
             removal_policy=removal_policy,
             auto_delete_objects=auto_delete,
         )
+        skip_checkov(
+            self.logs_bucket,
+            "CKV_AWS_18",
+            "This is the access-log target of the other buckets; logging it into itself would "
+            "loop, and into another bucket would only move the finding.",
+        )
         acknowledge(
             self.logs_bucket,
             "AwsSolutions-S1",
@@ -187,6 +194,9 @@ class DataLake(PlatformContainer):
             "The CDK's bucket-notification Lambda only writes its own CloudWatch logs with "
             "this AWS basic execution policy.",
         )
+        skip_checkov_for_deploy_handler(
+            notifications, what="turns on the buckets' EventBridge notifications"
+        )
         self.artifacts_bucket = zone_bucket("artifacts", [expire_old_versions])
         self._protect_versions(break_glass_role_name, auto_delete=auto_delete)
 
@@ -202,6 +212,10 @@ class DataLake(PlatformContainer):
         ]
         if auto_delete:
             provider = stack.node.find_child(_AUTO_DELETE_PROVIDER)
+            skip_checkov_for_deploy_handler(
+                provider.node.find_child("Handler"),
+                what="empties a disposable environment's buckets before deleting them",
+            )
             exempt.append(
                 Fn.get_att(provider.node.find_child("Role").logical_id, "Arn").to_string()
             )

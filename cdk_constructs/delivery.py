@@ -28,7 +28,12 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from cdk_constructs.alerting import AlertTarget
-from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants, log_retention
+from cdk_constructs.base import (
+    PlatformContainer,
+    acknowledge_wildcard_grants,
+    log_retention,
+    skip_checkov,
+)
 from cdk_constructs.function import LAMBDA_ROOT, PlatformFunction
 from cdk_constructs.model_serving import (
     METRICS_NAMESPACE,
@@ -140,6 +145,12 @@ class CanaryAnalysis(PlatformContainer):
             log_retention_days=log_retention_days,
             timeout=Duration.seconds(60),
         ).function
+        skip_checkov(
+            self.function,
+            "CKV_AWS_116",
+            "Only ECS invokes it, synchronously, as the deployment's lifecycle hook, and rolls "
+            "back on its error; a dead-letter queue only catches asynchronous invocations.",
+        )
         stack = Stack.of(self)
         self.function.add_to_role_policy(
             iam.PolicyStatement(
@@ -572,6 +583,12 @@ class Delivery(PlatformContainer):
             log_group_name=f"/aws/vendedlogs/states/{self._name_prefix}-delivery",
             retention=log_retention(log_retention_days),
             removal_policy=RemovalPolicy.DESTROY,
+        )
+        skip_checkov(
+            log_group,
+            "CKV_AWS_158",
+            "Execution data is a rollout's model, version and stack status, no records of the "
+            "lake; CloudWatch Logs encrypts it at rest with its service key.",
         )
         machine = sfn.StateMachine(
             self,

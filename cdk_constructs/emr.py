@@ -20,8 +20,13 @@ from cdk_constructs.base import (
     acknowledge,
     acknowledge_wildcard_grants,
     grant_key_use_for_aws_resources,
+    skip_checkov,
 )
-from cdk_constructs.function import PlatformFunction
+from cdk_constructs.function import (
+    PlatformFunction,
+    encrypt_deploy_handler_logs,
+    skip_checkov_for_deploy_handler,
+)
 from jobs.layout import NODE_CODE_DIR
 from platform_config.model import EmrClusterConfig, EmrTlsConfig
 
@@ -105,7 +110,14 @@ class EmrTlsCertificates(PlatformContainer):
             environment={},
             log_retention_days=log_retention_days,
             timeout=Duration.minutes(1),
+            log_key=encryption_key,
         ).function
+        skip_checkov(
+            writer,
+            "CKV_AWS_116",
+            "Only CloudFormation invokes it, for the certificates' custom resource, and fails the "
+            "deployment on its error; a dead-letter queue would keep an event nothing replays.",
+        )
         for statement in (
             iam.PolicyStatement(
                 actions=["kms:GenerateDataKeyPair"],
@@ -311,7 +323,7 @@ class EmrCluster(PlatformContainer):
                     name="install-job-code",
                     script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
                         path=self.code_url("jobs/emr/install_job_code.sh"),
-                        args=[self.code_url(""), NODE_CODE_DIR],
+                        args=[self.code_url(""), NODE_CODE_DIR, self.container],
                     ),
                 )
             ],
@@ -342,7 +354,7 @@ class EmrCluster(PlatformContainer):
             self.cluster.node.add_dependency(deployment)
         self.cluster.add_resource_dependency(security_configuration)
         self.cluster.node.add_dependency(tls_certificates)
-        _acknowledge_deployment_handler(self)
+        _acknowledge_deployment_handler(self, log_key=encryption_key)
         self.cluster.node.add_dependency(self.instance_role)
         for rule, what in (("EMR4", "local-disk"), ("EMR5", "in-transit")):
             acknowledge(
@@ -416,9 +428,17 @@ class EmrCluster(PlatformContainer):
         return f"{NODE_CODE_DIR}/{relative_path}"
 
 
-def _acknowledge_deployment_handler(scope: Construct) -> None:
-    """The CDK's BucketDeployment handler (one per stack) copies the code assets."""
+def _acknowledge_deployment_handler(scope: Construct, *, log_key: kms.IKey) -> None:
+    """The CDK's BucketDeployment handler (one per stack) copies the code assets; its log
+    group is encrypted with `log_key`, which admits CloudWatch Logs."""
     handler = Stack.of(scope).node.find_child(_BUCKET_DEPLOYMENT_SINGLETON)
+    encrypt_deploy_handler_logs(handler, log_key)
+    skip_checkov_for_deploy_handler(handler, what="copies the job code to the artifacts bucket")
+    skip_checkov(
+        handler,
+        "CKV_AWS_173",
+        "The CDK sets one variable, the path of the CA bundle the AWS CLI reads; no secret.",
+    )
     role = handler.node.find_child("ServiceRole")
     acknowledge(
         handler,

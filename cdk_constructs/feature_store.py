@@ -19,6 +19,7 @@ from cdk_constructs.base import (
     PlatformContainer,
     acknowledge_wildcard_grants,
     grant_key_use_for_aws_resources,
+    skip_checkov,
 )
 from cdk_constructs.function import PlatformFunction
 from jobs.batch.feature_ingestion import (
@@ -176,7 +177,14 @@ class FeatureStore(PlatformContainer):
                 ),
             },
             log_retention_days=log_retention_days,
+            log_key=encryption_key,
         ).function
+        skip_checkov(
+            freshness,
+            "CKV_AWS_116",
+            "A failed check publishes no figure and the freshness alarm treats a missing one as "
+            "breaching; the next run, 15 minutes later, replaces the lost one.",
+        )
         # The marker object only; listing is limited to its key, so that a missing marker
         # reads as 404 rather than 403.
         freshness.add_to_role_policy(

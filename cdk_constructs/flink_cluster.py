@@ -19,9 +19,15 @@ from constructs import Construct
 
 from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.base import acknowledge_wildcard_grants
-from cdk_constructs.emr import EMR_MANAGED_TAG, JOB_PYTHON, EmrCluster, classification
+from cdk_constructs.emr import (
+    EMR_MANAGED_TAG,
+    JOB_PYTHON,
+    REPO_ROOT,
+    EmrCluster,
+    classification,
+)
 from cdk_constructs.function import PlatformFunction
-from jobs.layout import CHECKPOINT_PREFIX, JOBS_ARCHIVE
+from jobs.layout import CHECKPOINT_PREFIX, FLINK_JARS_DIR, JOBS_ARCHIVE
 
 # What the keeper publishes and its alarm watches.
 STREAMING_NAMESPACE = "MLPlatform/Streaming"
@@ -103,7 +109,9 @@ class FlinkCluster(EmrCluster):
         arguments therefore replaces the cluster, as most of its properties do. The returned
         keeper resubmits the same step whenever the job is found not running.
         """
-        step_args = self.flink_run_step(name=name, module=module, arguments=arguments)
+        step_args = self.flink_run_step(
+            name=name, module=module, arguments=[*arguments, "--jars", ",".join(connector_jars())]
+        )
         self.cluster.steps = [
             *(self.cluster.steps or []),
             emr.CfnCluster.StepConfigProperty(
@@ -295,3 +303,14 @@ class FlinkJobKeeper(Construct):
                 max_event_age=KEEPER_INTERVAL,
             ),
         )
+
+
+def connector_jars() -> list[str]:
+    """file:// URIs of the jars the bootstrap verified into FLINK_JARS_DIR, as listed in
+    jobs/emr/jar-checksums.txt (`<algorithm> <digest> <url>` lines)."""
+    table = (REPO_ROOT / "jobs" / "emr" / "jar-checksums.txt").read_text(encoding="utf-8")
+    return [
+        f"file://{FLINK_JARS_DIR}/{line.split()[2].rsplit('/', 1)[-1]}"
+        for line in table.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]

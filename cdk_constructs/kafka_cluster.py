@@ -21,6 +21,7 @@ from cdk_constructs.base import (
     acknowledge_wildcard_grants,
     log_retention,
 )
+from cdk_constructs.function import encrypt_deploy_handler_logs, skip_checkov_for_deploy_handler
 from platform_config.model import KafkaConfig
 
 # Port of the SASL/IAM listener inside the VPC.
@@ -178,6 +179,8 @@ class KafkaCluster(PlatformContainer):
             "The CDK's bootstrap-broker reader Lambda only writes its own CloudWatch logs "
             "with this AWS basic execution policy.",
         )
+        encrypt_deploy_handler_logs(reader, encryption_key)
+        skip_checkov_for_deploy_handler(reader, what="reads the cluster's bootstrap brokers")
         self.bootstrap_parameter = ssm.StringParameter(
             self,
             "BootstrapBrokers",

@@ -16,6 +16,27 @@ from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wild
 from platform_config.model import MetaflowConfig
 
 DATASTORE_PREFIX = "metaflow"
+# Metaflow names every job definition it registers `metaflow_<sha224 of the definition>`
+# (metaflow/plugins/aws/batch/batch_client.py).
+JOB_DEFINITION_PREFIX = "metaflow_"
+# The rule Step Functions manages for its `batch:submitJob.sync` integration.
+SFN_BATCH_EVENTS_RULE = "StepFunctionsGetEventsForBatchJobsRule"
+# Envelope encryption that S3 and DynamoDB perform with the data key on a caller's behalf.
+DATA_KEY_ACTIONS = [
+    "kms:Decrypt",
+    "kms:Encrypt",
+    "kms:GenerateDataKey*",
+    "kms:ReEncrypt*",
+    "kms:DescribeKey",
+]
+# Batch calls that accept no resource in a policy (Batch's service authorization reference).
+BATCH_READ_ACTIONS = [
+    "batch:DescribeJobs",
+    "batch:ListJobs",
+    "batch:DescribeJobQueues",
+    "batch:DescribeComputeEnvironments",
+    "batch:DescribeJobDefinitions",
+]
 
 
 class MetaflowClient(PlatformContainer):
@@ -23,10 +44,15 @@ class MetaflowClient(PlatformContainer):
 
     Secure defaults:
     - CPU (Fargate, Spot per config) and GPU (EC2 GPU types, spot per config) compute in the
-      private compute subnets only, behind a security group that admits nothing;
-    - one job role for Batch tasks with access to the Metaflow datastore prefix of the
-      artifacts bucket only; Step Functions, EventBridge and data-scientist permissions are
-      scoped to this platform's queues, state machine prefix and table;
+      private compute subnets only, behind a security group that admits nothing (the metadata
+      service admits it by name: `compute_security_group`);
+    - one job role for Batch tasks that reads and writes objects under the Metaflow datastore
+      prefix of the artifacts bucket and items of the state table, and nothing else; Step
+      Functions, EventBridge and data-scientist permissions are scoped to this platform's
+      queues, Metaflow's `metaflow_*` job definitions (non-privileged when registered), job
+      ARNs, the state machine prefix and schedule rules whose targets are those state
+      machines; the data key is usable only through S3 and DynamoDB (`kms:ViaService`);
+      nobody here may delete a datastore object or any object version;
     - the Step Functions state table is encrypted with the platform key, with point-in-time
       recovery and TTL;
     - the client configuration is published in SSM with every required key filled, so the
@@ -56,7 +82,7 @@ class MetaflowClient(PlatformContainer):
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         self.state_machine_prefix = f"{name_prefix}-metaflow"
-        security_group = ec2.SecurityGroup(
+        self.compute_security_group = security_group = ec2.SecurityGroup(
             self,
             "ComputeSecurityGroup",
             vpc=vpc,
@@ -115,14 +141,14 @@ class MetaflowClient(PlatformContainer):
             ],
         )
 
-        datastore = f"{DATASTORE_PREFIX}/*"
+        self._artifacts_bucket = artifacts_bucket
+        self._encryption_key = encryption_key
         self.job_role = iam.Role(
             self,
             "JobRole",
             assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description="Metaflow @batch tasks: the datastore prefix only",
+            description="Metaflow @batch tasks: the datastore prefix and the state table only",
         )
-        artifacts_bucket.grant_read_write(self.job_role, datastore)
         self.execution_role = iam.Role(
             self,
             "FargateExecutionRole",
@@ -155,35 +181,33 @@ class MetaflowClient(PlatformContainer):
             removal_policy=removal_policy,
         )
 
-        region, account = stack.region, stack.account
-        state_machines = (
-            f"arn:{stack.partition}:states:{region}:{account}:stateMachine:"
-            f"{self.state_machine_prefix}*"
-        )
+        # Tasks of a flow on Step Functions record foreach splits in the state table.
+        for statement in (
+            *self._datastore_statements(),
+            self._table_statement("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
+            self._data_key_statement("s3", "dynamodb"),
+        ):
+            self.job_role.add_to_policy(statement)
+
+        state_machines = self._arn("states", f"stateMachine:{self.state_machine_prefix}*")
         self.step_functions_role = iam.Role(
             self,
             "StepFunctionsRole",
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
             description="Runs Metaflow flows deployed with step-functions create",
         )
-        self.step_functions_role.add_to_policy(self._submit_jobs_statement())
-        self.step_functions_role.add_to_policy(
-            iam.PolicyStatement(
-                # Batch accepts no resource-level scoping for these.
-                actions=["batch:DescribeJobs", "batch:TerminateJob"],
-                resources=["*"],
-            )
-        )
-        self.step_functions_role.add_to_policy(
+        for statement in (
+            *self._job_statements(),
+            iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"]),
             iam.PolicyStatement(
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    f"arn:{stack.partition}:events:{region}:{account}:rule/"
-                    "StepFunctionsGetEventsForBatchJobsRule"
-                ],
-            )
-        )
-        self.state_table.grant_read_write_data(self.step_functions_role)
+                resources=[self._arn("events", f"rule/{SFN_BATCH_EVENTS_RULE}")],
+            ),
+            # A foreach reads its cardinality from the state table.
+            self._table_statement("dynamodb:GetItem"),
+            self._data_key_statement("dynamodb"),
+        ):
+            self.step_functions_role.add_to_policy(statement)
         self.job_role.grant_pass_role(self.step_functions_role)
         self.execution_role.grant_pass_role(self.step_functions_role)
 
@@ -197,9 +221,7 @@ class MetaflowClient(PlatformContainer):
             iam.PolicyStatement(actions=["states:StartExecution"], resources=[state_machines])
         )
 
-        self.scientist_policy = self._scientist_policy(
-            name_prefix, artifacts_bucket, encryption_key, state_machines, datastore
-        )
+        self.scientist_policy = self._scientist_policy(name_prefix, state_machines)
 
         self.client_config = {
             "METAFLOW_DEFAULT_DATASTORE": "s3",
@@ -227,92 +249,79 @@ class MetaflowClient(PlatformContainer):
             string_value=stack.to_json_string(self.client_config),
         )
 
-        acknowledge_wildcard_grants(
-            self.step_functions_role,
-            {
-                r"Resource::arn:.*:batch:.*:job-definition/\*": (
-                    "Metaflow registers a job definition per step at deploy time, with names "
-                    "only known then; submission is limited to this platform's queues."
-                ),
-                r"Resource::\*": (
-                    "batch:DescribeJobs and batch:TerminateJob support no resource-level "
-                    "permissions."
-                ),
-                r"Action::(kms:(GenerateDataKey|ReEncrypt)|dynamodb:.*)\*": (
-                    "The CDK's DynamoDB data grant on the one state table and its key."
-                ),
-            },
-        )
-        acknowledge_wildcard_grants(
-            self.events_role,
-            {
-                r"Resource::arn:.*:states:.*:stateMachine:.*-metaflow\*": (
-                    "Metaflow names each flow's state machine under this platform's prefix at "
-                    "deploy time; the wildcard covers that prefix only."
-                )
-            },
-        )
-        acknowledge_wildcard_grants(
-            self.job_role,
-            {
-                r"Action::(s3:(GetObject|GetBucket|List|Abort|DeleteObject)|"
-                r"kms:(GenerateDataKey|ReEncrypt))\*": (
-                    "The CDK's S3 read-write grant on the datastore prefix and the platform key."
-                ),
-                rf"Resource::.*/{DATASTORE_PREFIX}/\*": (
-                    "Tasks read and write artifacts as objects under the Metaflow datastore "
-                    "prefix only."
-                ),
-            },
-        )
+        self._acknowledge_wildcards()
 
-    def _submit_jobs_statement(self) -> iam.PolicyStatement:
-        """Submitting Batch jobs, to this platform's two queues only."""
+    def _arn(self, service: str, resource: str) -> str:
+        """An ARN of this stack's region and account."""
         stack = Stack.of(self)
+        return f"arn:{stack.partition}:{service}:{stack.region}:{stack.account}:{resource}"
+
+    def _datastore_statements(self) -> list[iam.PolicyStatement]:
+        """Reading and writing Metaflow's artifacts, which it never deletes: objects under the
+        datastore prefix, and listing the bucket, without which S3 answers 403 instead of 404
+        for a missing artifact."""
+        bucket = self._artifacts_bucket
+        return [
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[bucket.arn_for_objects(f"{DATASTORE_PREFIX}/*")],
+            ),
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn]),
+        ]
+
+    def _table_statement(self, *actions: str) -> iam.PolicyStatement:
+        return iam.PolicyStatement(actions=list(actions), resources=[self.state_table.table_arn])
+
+    def _data_key_statement(self, *services: str) -> iam.PolicyStatement:
+        """The data key, only as the S3 or DynamoDB of this region use it for the caller."""
+        region = Stack.of(self).region
         return iam.PolicyStatement(
-            actions=["batch:SubmitJob"],
-            resources=[
-                self.cpu_queue.job_queue_arn,
-                self.gpu_queue.job_queue_arn,
-                f"arn:{stack.partition}:batch:{stack.region}:{stack.account}:job-definition/*",
-            ],
+            actions=DATA_KEY_ACTIONS,
+            resources=[self._encryption_key.key_arn],
+            conditions={
+                "StringEquals": {
+                    "kms:ViaService": [f"{service}.{region}.amazonaws.com" for service in services]
+                }
+            },
         )
 
-    def _scientist_policy(
-        self,
-        name_prefix: str,
-        artifacts_bucket: s3.IBucket,
-        encryption_key: kms.IKey,
-        state_machines: str,
-        datastore: str,
-    ) -> iam.ManagedPolicy:
-        stack = Stack.of(self)
-        region, account, partition = stack.region, stack.account, stack.partition
-        policy = iam.ManagedPolicy(
+    def _job_statements(self) -> list[iam.PolicyStatement]:
+        """Submitting Metaflow's job definitions to this platform's two queues, and stopping
+        jobs."""
+        return [
+            iam.PolicyStatement(
+                actions=["batch:SubmitJob"],
+                resources=[
+                    self.cpu_queue.job_queue_arn,
+                    self.gpu_queue.job_queue_arn,
+                    self._arn("batch", f"job-definition/{JOB_DEFINITION_PREFIX}*"),
+                ],
+            ),
+            iam.PolicyStatement(
+                actions=["batch:TerminateJob"], resources=[self._arn("batch", "job/*")]
+            ),
+        ]
+
+    def _scientist_policy(self, name_prefix: str, state_machines: str) -> iam.ManagedPolicy:
+        prefix = self.state_machine_prefix
+        schedule_rules = self._arn("events", f"rule/{prefix}*")
+        return iam.ManagedPolicy(
             self,
             "DataScientistPolicy",
             managed_policy_name=f"{name_prefix}-metaflow-data-scientist",
             description="Run Metaflow flows on Batch and schedule them with Step Functions",
             statements=[
-                self._submit_jobs_statement(),
+                *self._job_statements(),
                 iam.PolicyStatement(
-                    # Batch accepts no resource-level scoping for these.
-                    actions=[
-                        "batch:DescribeJobs",
-                        "batch:TerminateJob",
-                        "batch:ListJobs",
-                        "batch:DescribeJobQueues",
-                        "batch:DescribeComputeEnvironments",
-                        "batch:DescribeJobDefinitions",
-                        "batch:RegisterJobDefinition",
-                    ],
-                    resources=["*"],
+                    actions=["batch:RegisterJobDefinition"],
+                    resources=[self._arn("batch", f"job-definition/{JOB_DEFINITION_PREFIX}*")],
+                    # Metaflow leaves `privileged` out unless a step asks for it.
+                    conditions={"BoolIfExists": {"batch:Privileged": "false"}},
                 ),
+                iam.PolicyStatement(actions=BATCH_READ_ACTIONS, resources=["*"]),
                 iam.PolicyStatement(
                     actions=["logs:GetLogEvents"],
-                    resources=[
-                        f"arn:{partition}:logs:{region}:{account}:log-group:/aws/batch/job:*"
-                    ],
+                    resources=[self._arn("logs", "log-group:/aws/batch/job:*")],
                 ),
                 iam.PolicyStatement(
                     actions=[
@@ -327,23 +336,26 @@ class MetaflowClient(PlatformContainer):
                 ),
                 iam.PolicyStatement(
                     actions=["states:DescribeExecution", "states:StopExecution"],
-                    resources=[
-                        f"arn:{partition}:states:{region}:{account}:execution:"
-                        f"{self.state_machine_prefix}*"
-                    ],
+                    resources=[self._arn("states", f"execution:{prefix}*")],
                 ),
+                # `step-functions create` disables the rule of a flow without @schedule.
                 iam.PolicyStatement(
                     actions=[
                         "events:PutRule",
-                        "events:PutTargets",
                         "events:DescribeRule",
+                        "events:DisableRule",
                         "events:DeleteRule",
                         "events:RemoveTargets",
                     ],
-                    resources=[
-                        f"arn:{partition}:events:{region}:{account}:rule/"
-                        f"{self.state_machine_prefix}*"
-                    ],
+                    resources=[schedule_rules],
+                ),
+                iam.PolicyStatement(
+                    actions=["events:PutTargets"],
+                    resources=[schedule_rules],
+                    conditions={
+                        "ForAllValues:ArnLike": {"events:TargetArn": [state_machines]},
+                        "Null": {"events:TargetArn": "false"},
+                    },
                 ),
                 iam.PolicyStatement(
                     actions=["iam:PassRole"],
@@ -354,22 +366,65 @@ class MetaflowClient(PlatformContainer):
                         self.events_role.role_arn,
                     ],
                 ),
+                *self._datastore_statements(),
+                self._data_key_statement("s3"),
             ],
         )
-        artifacts_bucket.grant_read_write(policy, datastore)
-        encryption_key.grant_encrypt_decrypt(policy)
-        self.state_table.grant_read_write_data(policy)
+
+    def _acknowledge_wildcards(self) -> None:
         prefix = self.state_machine_prefix
+        job_definitions = {
+            rf"Resource::arn:.*:batch:.*:job-definition/{JOB_DEFINITION_PREFIX}\*": (
+                "Job definitions Metaflow registers, which it names metaflow_ and the SHA-224 "
+                "of their content; submission also needs one of this platform's two queues."
+            ),
+        }
+        jobs = {
+            r"Resource::arn:.*:batch:.*:job/\*": (
+                "batch:TerminateJob names a job by its generated id, and a job ARN carries no "
+                "queue or name to scope by: any job of this account and region."
+            ),
+        }
+        data_key = {
+            r"Action::kms:(GenerateDataKey|ReEncrypt)\*": (
+                "Envelope encryption with the platform data key by the S3 or DynamoDB of this "
+                "region (whichever the statement's kms:ViaService names) for the caller; no "
+                "direct use of the key."
+            ),
+        }
+        datastore = {
+            rf"Resource::.*/{DATASTORE_PREFIX}/\*": (
+                "Get, put and abort uploads of objects under the Metaflow datastore prefix only."
+            ),
+        }
         acknowledge_wildcard_grants(
-            policy,
+            self.step_functions_role,
             {
-                r"Resource::arn:.*:batch:.*:job-definition/\*": (
-                    "Metaflow registers a job definition per step with names known only at "
-                    "run time; submission is limited to this platform's queues."
-                ),
+                **job_definitions,
+                **jobs,
+                **data_key,
+                r"Resource::\*": "batch:DescribeJobs accepts no resource.",
+            },
+        )
+        acknowledge_wildcard_grants(
+            self.events_role,
+            {
+                r"Resource::arn:.*:states:.*:stateMachine:.*-metaflow\*": (
+                    "Metaflow names each flow's state machine under this platform's prefix at "
+                    "deploy time; the wildcard covers that prefix only."
+                )
+            },
+        )
+        acknowledge_wildcard_grants(self.job_role, {**data_key, **datastore})
+        acknowledge_wildcard_grants(
+            self.scientist_policy,
+            {
+                **job_definitions,
+                **jobs,
+                **data_key,
+                **datastore,
                 r"Resource::\*": (
-                    "These Batch describe, list, terminate and register actions support no "
-                    "resource-level permissions."
+                    "Only Batch's describe and list calls, which accept no resource."
                 ),
                 r"Resource::arn:.*:logs:.*:log-group:/aws/batch/job:\*": (
                     "Reading the log streams of Batch jobs, which all share AWS Batch's log group."
@@ -377,16 +432,8 @@ class MetaflowClient(PlatformContainer):
                 rf"Resource::arn:.*:(states:.*:(stateMachine|execution)|events:.*:rule/)"
                 rf":?{prefix}\*": (
                     "State machines, executions and schedule rules that Metaflow names under "
-                    "this platform's prefix when a flow is deployed."
-                ),
-                r"Action::(s3:(GetObject|GetBucket|List|Abort|DeleteObject)|"
-                r"kms:(GenerateDataKey|ReEncrypt)|dynamodb:.*)\*": (
-                    "The CDK's grant action groups on the datastore prefix, the platform key "
-                    "and the one state table."
-                ),
-                rf"Resource::.*/{DATASTORE_PREFIX}/\*": (
-                    "Flows read and write artifacts under the Metaflow datastore prefix only."
+                    "this platform's prefix when a flow is deployed; a rule's targets must be "
+                    "those state machines."
                 ),
             },
         )
-        return policy

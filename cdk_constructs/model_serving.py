@@ -41,6 +41,7 @@ from cdk_constructs.base import (
     acknowledge,
     acknowledge_wildcard_grants,
     log_retention,
+    skip_checkov,
 )
 from platform_config.model import CanaryConfig, ServedModelConfig
 
@@ -210,6 +211,13 @@ class ServingFront(PlatformContainer):
             self.listener = self.load_balancer.add_listener(
                 "Listener", port=80, open=False, default_action=_not_found()
             )
+            for check_id in ("CKV_AWS_2", "CKV_AWS_103"):
+                skip_checkov(
+                    self.listener,
+                    check_id,
+                    "No serving certificate is configured, so the listener serves plain HTTP; "
+                    "setting one in the config makes it HTTPS with TLS 1.2 or later.",
+                )
             acknowledge(
                 self.load_balancer,
                 "AwsSolutions-ELB2",
@@ -341,6 +349,12 @@ class ModelService(PlatformContainer):
             "Logs",
             retention=log_retention(log_retention_days),
             removal_policy=RemovalPolicy.DESTROY,
+        )
+        skip_checkov(
+            log_group,
+            "CKV_AWS_158",
+            "The serving container logs model loads and store errors (access logs are off), no "
+            "features or predictions; CloudWatch Logs encrypts it at rest with its service key.",
         )
         environment = {
             "MODEL_NAME": model,

@@ -10,6 +10,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk_constructs.base import PlatformContainer, log_retention
+from cdk_constructs.function import skip_checkov_for_deploy_handler
 from platform_config.model import NetworkConfig
 
 # Config names (the endpoint service suffix) to the CDK's endpoint services.
@@ -92,6 +93,13 @@ class Network(PlatformContainer):
                     service=ec2.GatewayVpcEndpointAwsService.DYNAMODB
                 ),
             },
+        )
+        # restrict_default_security_group adds the CDK's provider (a stack singleton).
+        skip_checkov_for_deploy_handler(
+            Stack.of(self)
+            .node.find_child("Custom::VpcRestrictDefaultSGCustomResourceProvider")
+            .node.find_child("Handler"),
+            what="empties the VPC's default security group",
         )
 
         self.log_key = kms.Key(

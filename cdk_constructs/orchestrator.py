@@ -14,7 +14,12 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from cdk_constructs.alerting import AlertTarget
-from cdk_constructs.base import PlatformContainer, acknowledge_wildcard_grants, log_retention
+from cdk_constructs.base import (
+    PlatformContainer,
+    acknowledge_wildcard_grants,
+    log_retention,
+    skip_checkov,
+)
 from cdk_constructs.function import PlatformFunction
 from cdk_constructs.signal_bus import SignalBus
 from cdk_constructs.workflow import (
@@ -94,6 +99,12 @@ class Orchestrator(PlatformContainer):
             environment={},
             log_retention_days=log_retention_days,
         ).function
+        skip_checkov(
+            self.quality_gate,
+            "CKV_AWS_116",
+            "Only the state machines' task states invoke it, synchronously, and retry or fail "
+            "the run on its error; a dead-letter queue only catches asynchronous invocations.",
+        )
         self.dead_letters = alerts.dead_letter_queue(
             self, "TriggerDeadLetters", purpose="the workflow triggers"
         )
@@ -133,6 +144,12 @@ class Orchestrator(PlatformContainer):
             log_group_name=f"/aws/vendedlogs/states/{self._name_prefix}-{workflow.name}",
             retention=log_retention(self._log_retention_days),
             removal_policy=RemovalPolicy.DESTROY,
+        )
+        skip_checkov(
+            log_group,
+            "CKV_AWS_158",
+            "Execution data is a run's parameters (dates, S3 prefixes, job ids), no records of "
+            "the lake; CloudWatch Logs encrypts it at rest with its service key.",
         )
         machine = sfn.StateMachine(
             self,

@@ -10,6 +10,7 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from cdk_constructs.base import skip_checkov
 from cdk_constructs.function import PlatformFunction
 
 SIGNAL_SOURCE = "ml-platform.signals"
@@ -63,6 +64,12 @@ class SignalBus(Construct):
                 "IDEMPOTENCY_TABLE": idempotency.table_name,
             },
             log_retention_days=log_retention_days,
+        )
+        skip_checkov(
+            self.publisher.function,
+            "CKV_AWS_116",
+            "Callers invoke it synchronously and read its answer (the event id or why the signal "
+            "was refused); a dead-letter queue only catches asynchronous invocations.",
         )
         self.bus.grant_put_events_to(self.publisher.function)
         # Any other caller of this account would skip the publisher's validation and

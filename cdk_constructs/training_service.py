@@ -22,6 +22,7 @@ from cdk_constructs.base import (
     PlatformContainer,
     acknowledge_wildcard_grants,
     grant_key_use_for_aws_resources,
+    skip_checkov,
 )
 from cdk_constructs.function import PlatformFunction
 from platform_config.model import TrainingConfig
@@ -55,6 +56,10 @@ METRIC_NAMES = (
     "popularity_ndcg_at_k",
 )
 DECISIVE_METRIC = "recall_at_k"
+# Makes the PyTorch training container start the script with torchrun, one process per GPU
+# of every host (what the SageMaker Python SDK sends for distribution={"torch_distributed":
+# {"enabled": True}}).
+TORCH_DISTRIBUTED_HYPERPARAMETER = "sagemaker_torch_distributed_enabled"
 # Slack beyond the job's own stopping condition before the workflow gives up on the state.
 _STATE_TIMEOUT_MARGIN_SECONDS = 30 * 60
 
@@ -87,8 +92,13 @@ def source_tarball(source: Path, target_dir: Path) -> Path:
 class TrainingService(PlatformContainer):
     """Runs the recommender's training on SageMaker GPU instances and registers its versions.
 
+    Each job trains data-parallel on every GPU of `instance_count` hosts: the container starts
+    the script under torchrun with one process per GPU.
+
     Secure defaults:
-    - training in the private compute subnets behind an outbound-only security group;
+    - training in the private compute subnets behind an outbound-only security group; a
+      multi-host job's hosts also accept traffic from each other (the group itself), which
+      torchrun and NCCL need;
       network isolation when the image carries its own packages (config `network_isolation`
       with `image_uri`: the deep-learning image installs the script's requirements first);
     - volumes, output and checkpoints encrypted with the platform key;
@@ -164,13 +174,9 @@ class TrainingService(PlatformContainer):
         )
         self.role.add_to_policy(
             iam.PolicyStatement(
-                # Authorization tokens, metrics and VPC network interfaces take no resource.
+                # Authorization tokens and the describe calls take no resource.
                 actions=[
                     "ecr:GetAuthorizationToken",
-                    "ec2:CreateNetworkInterface",
-                    "ec2:CreateNetworkInterfacePermission",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:DeleteNetworkInterfacePermission",
                     "ec2:DescribeNetworkInterfaces",
                     "ec2:DescribeVpcs",
                     "ec2:DescribeDhcpOptions",
@@ -209,9 +215,20 @@ class TrainingService(PlatformContainer):
             self,
             "SecurityGroup",
             vpc=vpc,
-            description="Recommender training jobs: outbound only",
+            # One description whatever the host count: changing it replaces the group.
+            description="Recommender training jobs: outbound, and between the hosts of a job",
             allow_all_outbound=True,
         )
+        if config.instance_count > 1:
+            # torchrun's rendezvous, gloo and NCCL open connections between the hosts on
+            # ports of their choosing; EFA, where the instance type has it, needs all traffic.
+            self.security_group.add_ingress_rule(
+                self.security_group,
+                ec2.Port.all_traffic(),
+                "Between the hosts of one training job",
+            )
+
+        self._grant_network_interfaces(vpc, subnets)
 
         self.register_function = PlatformFunction(
             self,
@@ -222,6 +239,12 @@ class TrainingService(PlatformContainer):
             log_retention_days=log_retention_days,
             timeout=Duration.minutes(2),
         ).function
+        skip_checkov(
+            self.register_function,
+            "CKV_AWS_116",
+            "Only the training workflow's task invokes it, synchronously, and retries or fails "
+            "the run on its error; a dead-letter queue catches only async invocations.",
+        )
         groups = stack.format_arn(
             service="sagemaker", resource="model-package-group", resource_name=model_package_group
         )
@@ -261,8 +284,8 @@ class TrainingService(PlatformContainer):
             self.role,
             {
                 r"Resource::\*": (
-                    "ECR authorization tokens, SageMaker's VPC network interfaces and "
-                    "PutMetricData (limited by namespace condition) take no resource."
+                    "ECR authorization tokens, the EC2 describe calls and PutMetricData "
+                    "(limited by a namespace condition) take no resource."
                 ),
                 r"Action::(s3:(GetObject|GetBucket|List|Abort|DeleteObject)|"
                 r"kms:(GenerateDataKey|ReEncrypt))\*": (
@@ -295,6 +318,47 @@ class TrainingService(PlatformContainer):
                     "sagemaker:ListModelPackages supports no resource-level permissions; the "
                     "handler lists only its own group."
                 ),
+            },
+        )
+
+    def _grant_network_interfaces(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection) -> None:
+        """SageMaker creates the job's network interfaces with this role: in the compute
+        subnets, with the job's security group, inside the platform's VPC only."""
+        stack = Stack.of(self)
+
+        def ec2_arn(resource: str, name: str) -> str:
+            return stack.format_arn(service="ec2", resource=resource, resource_name=name)
+
+        in_vpc = {"ArnEquals": {"ec2:Vpc": ec2_arn("vpc", vpc.vpc_id)}}
+        subnet_ids = vpc.select_subnets(subnet_group_name=subnets.subnet_group_name).subnet_ids
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["ec2:CreateNetworkInterface"],
+                resources=[
+                    *(ec2_arn("subnet", subnet) for subnet in subnet_ids),
+                    ec2_arn("security-group", self.security_group.security_group_id),
+                ],
+            )
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "ec2:CreateNetworkInterface",
+                    "ec2:CreateNetworkInterfacePermission",
+                    "ec2:DeleteNetworkInterface",
+                    "ec2:DeleteNetworkInterfacePermission",
+                ],
+                resources=[ec2_arn("network-interface", "*")],
+                conditions=in_vpc,
+            )
+        )
+        acknowledge_wildcard_grants(
+            self.role,
+            {
+                r"Resource::arn:.*:ec2:.*:network-interface/\*": (
+                    "Training jobs' network interfaces get their ids when SageMaker creates "
+                    "them; a condition holds them to the platform's VPC."
+                )
             },
         )
 
@@ -334,8 +398,11 @@ class TrainingService(PlatformContainer):
             "HyperParameters": {
                 "sagemaker_program": "train.py",
                 "sagemaker_submit_directory": self.code.s3_object_url,
+                # JSON true, as the SDK encodes it; on one GPU torchrun starts one process.
+                TORCH_DISTRIBUTED_HYPERPARAMETER: "true",
                 "epochs": str(config.epochs),
                 "embedding-dim": str(config.embedding_dim),
+                "batch-size": str(config.batch_size),
                 "k": "10",
             },
             "InputDataConfig": [
@@ -356,8 +423,7 @@ class TrainingService(PlatformContainer):
                 "KmsKeyId": self._key.key_arn,
             },
             "ResourceConfig": {
-                # The reference script trains on one host (all of its GPUs' memory, one GPU).
-                "InstanceCount": 1,
+                "InstanceCount": config.instance_count,
                 "InstanceType": config.instance_type,
                 "VolumeSizeInGB": config.volume_gib,
                 "VolumeKmsKeyId": self._key.key_arn,

@@ -14,6 +14,9 @@ because the job appends ``/<column>=<value>/`` to them.
 # archive of the `jobs` package it builds there for --py-files and -pyfs.
 NODE_CODE_DIR = "/home/hadoop/ml-platform"
 JOBS_ARCHIVE = f"{NODE_CODE_DIR}/jobs.zip"
+# Where the bootstrap leaves the verified connector jars on Flink nodes (jobs/emr/
+# jar-checksums.txt lists them); the streaming job loads them with --jars.
+FLINK_JARS_DIR = f"{NODE_CODE_DIR}/flink-lib"
 
 # Raw zone: the streaming job writes only under STREAMING_PREFIX (its IAM grant).
 STREAMING_PREFIX = "streaming/"

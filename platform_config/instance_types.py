@@ -33,23 +33,24 @@ def check_instance_type(value: str, allowed: frozenset[str], service: str) -> st
     return value
 
 
-_LARGE_SIZES = (
-    "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge"
-)  # fmt: skip
-# GPU instance families and sizes, as EC2 (AWS Batch) and SageMaker ("ml." prefix) name them.
-_GPU_SIZES = {
-    "g4dn": _LARGE_SIZES[:6],
-    "g5": _LARGE_SIZES,
-    "g6": _LARGE_SIZES,
-    "g6e": _LARGE_SIZES,
-    "p3": ("2xlarge", "8xlarge", "16xlarge"),
-    "p4d": ("24xlarge",),
-    "p5": ("48xlarge",),
+_ONE_GPU_SIZES = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")
+_G_FAMILY_GPUS = {**dict.fromkeys(_ONE_GPU_SIZES, 1), "12xlarge": 4, "24xlarge": 4, "48xlarge": 8}
+# GPUs per instance of each GPU family and size, as EC2 (AWS Batch) and SageMaker ("ml."
+# prefix) name them; the training service starts one process per GPU.
+_GPUS = {
+    "g4dn": {**dict.fromkeys(_ONE_GPU_SIZES, 1), "12xlarge": 4},
+    "g5": _G_FAMILY_GPUS,
+    "g6": _G_FAMILY_GPUS,
+    "g6e": _G_FAMILY_GPUS,
+    "p3": {"2xlarge": 1, "8xlarge": 4, "16xlarge": 8},
+    "p4d": {"24xlarge": 8},
+    "p5": {"48xlarge": 8},
+}
+GPUS_PER_INSTANCE: dict[str, int] = {
+    f"{family}.{size}": gpus for family, sizes in _GPUS.items() for size, gpus in sizes.items()
 }
 # EC2 GPU instance types AWS Batch can run Metaflow @batch(gpu=...) steps on.
-BATCH_GPU_INSTANCE_TYPES: frozenset[str] = frozenset(
-    f"{family}.{size}" for family, sizes in _GPU_SIZES.items() for size in sizes
-)
+BATCH_GPU_INSTANCE_TYPES: frozenset[str] = frozenset(GPUS_PER_INSTANCE)
 
 _RDS_SIZES = ("micro", "small", "medium", "large", "xlarge", "2xlarge", "4xlarge")
 RDS_INSTANCE_TYPES: frozenset[str] = frozenset(
@@ -58,10 +59,12 @@ RDS_INSTANCE_TYPES: frozenset[str] = frozenset(
 )
 
 
-# SageMaker training instance types with GPUs (what the training service runs on).
-SAGEMAKER_GPU_TRAINING_TYPES: frozenset[str] = frozenset(
-    f"ml.{name}" for name in BATCH_GPU_INSTANCE_TYPES
-)
+# SageMaker training instance types with GPUs (what the training service runs on), and how
+# many GPUs each has.
+SAGEMAKER_TRAINING_GPUS: dict[str, int] = {
+    f"ml.{name}": gpus for name, gpus in GPUS_PER_INSTANCE.items()
+}
+SAGEMAKER_GPU_TRAINING_TYPES: frozenset[str] = frozenset(SAGEMAKER_TRAINING_GPUS)
 # Real SageMaker training types without GPUs, named so a CPU type gets a specific message.
 SAGEMAKER_CPU_TRAINING_TYPES: frozenset[str] = frozenset(
     f"ml.{family}.{size}"

@@ -29,6 +29,7 @@ from platform_config.instance_types import (
     RDS_INSTANCE_TYPES,
     SAGEMAKER_CPU_TRAINING_TYPES,
     SAGEMAKER_GPU_TRAINING_TYPES,
+    SAGEMAKER_TRAINING_GPUS,
     check_instance_type,
 )
 
@@ -298,20 +299,53 @@ class GpuQueueConfig(BatchQueueConfig):
         return value
 
 
+ApiGatewayMode = Literal["disabled", "private", "public"]
+
+# A release tag, optionally with the digest of the image it names: `repo:v1.2.3@sha256:<hex>`.
+METADATA_IMAGE_PATTERN = r"^[a-z0-9./_-]+:v?\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?$"
+
+
+def _ipv4_networks(value: list[str], *, private_only: bool) -> list[str]:
+    """Each entry an IPv4 network address; `private_only` also refuses non-private ranges,
+    and every entry refuses the whole address space."""
+    for cidr in value:
+        try:
+            network = ipaddress.IPv4Network(cidr, strict=True)
+        except ValueError as error:
+            raise ValueError(f"{cidr!r} is not an IPv4 network address ({error})") from None
+        if network.prefixlen == 0:
+            raise ValueError(f"{cidr!r} admits every address")
+        if private_only and not network.is_private:
+            raise ValueError(f"{cidr!r} is not a private range")
+    return value
+
+
 class MetaflowConfig(StrictModel):
     metadata_service_image: str = Field(
-        default="netflixoss/metaflow_metadata_service:v2.5.0",
-        pattern=r"^[a-z0-9./_-]+:v?\d+\.\d+\.\d+$",
+        default="netflixoss/metaflow_metadata_service:v2.5.0", pattern=METADATA_IMAGE_PATTERN
     )
-    """Upstream metadata service image, pinned to a release tag (never latest)."""
+    """Upstream metadata service image, pinned to a release tag (never latest); append the
+    image's digest (`repo:tag@sha256:<64 hex>`) so ECS pulls exactly that image even if the
+    tag is moved."""
     service_cpu: Literal[256, 512, 1024, 2048, 4096] = 512
     service_memory_mib: int = Field(default=1024, ge=512, le=30720)
     min_tasks: int = Field(default=1, ge=1, le=20)
     max_tasks: int = Field(default=2, ge=1, le=50)
-    api_gateway: Literal["disabled", "api_key"] = "disabled"
-    """`api_key` also fronts the service with API Gateway (REST, API key required) for
-    clients outside the VPC; Metaflow sends the key as METAFLOW_SERVICE_AUTH_KEY. Batch jobs
-    keep using the internal load balancer."""
+    api_gateway: ApiGatewayMode = "private"
+    """API Gateway in front of the service (REST, API key required on every call, which
+    Metaflow sends as METAFLOW_SERVICE_AUTH_KEY) for clients that are not Batch jobs:
+    `private` reaches it only through an `execute-api` VPC endpoint of the VPC; `public` from
+    the internet, but only from `api_allowed_cidrs` and behind a WAF web ACL; `disabled`
+    leaves only the load balancer. Batch jobs always use the load balancer."""
+    api_allowed_cidrs: list[str] = Field(default_factory=list)
+    """With `public` only, and required there: the source networks the API admits (its
+    resource policy denies every other address)."""
+    api_rate_limit_per_5min: int = Field(default=3000, ge=100, le=2_000_000_000)
+    """With `public`: requests one source address may make in 5 minutes before the web ACL
+    blocks it."""
+    client_cidrs: list[str] = Field(default_factory=list)
+    """Private networks (VPN, peered VPCs) allowed to reach the metadata load balancer (and,
+    with `private`, the API's VPC endpoint); Batch jobs are admitted by their security group."""
     db_instance_type: str = "t4g.micro"
     """RDS PostgreSQL instance class without the db. prefix."""
     db_allocated_storage_gib: int = Field(default=20, ge=20, le=1000)
@@ -326,11 +360,33 @@ class MetaflowConfig(StrictModel):
     def _db_type(cls, value: str) -> str:
         return check_instance_type(value, RDS_INSTANCE_TYPES, "RDS PostgreSQL")
 
+    @field_validator("api_allowed_cidrs")
+    @classmethod
+    def _api_sources(cls, value: list[str]) -> list[str]:
+        return _ipv4_networks(value, private_only=False)
+
+    @field_validator("client_cidrs")
+    @classmethod
+    def _client_networks(cls, value: list[str]) -> list[str]:
+        return _ipv4_networks(value, private_only=True)
+
     @model_validator(mode="after")
-    def _task_bounds(self) -> MetaflowConfig:
+    def _consistent(self) -> MetaflowConfig:
         if self.max_tasks < self.min_tasks:
             raise FieldError(
                 ("max_tasks",), self.max_tasks, f"must be at least min_tasks ({self.min_tasks})"
+            )
+        if self.api_gateway == "public" and not self.api_allowed_cidrs:
+            raise FieldError(
+                ("api_allowed_cidrs",),
+                self.api_allowed_cidrs,
+                "a public API needs at least one source network; it admits no other address",
+            )
+        if self.api_gateway != "public" and self.api_allowed_cidrs:
+            raise FieldError(
+                ("api_allowed_cidrs",),
+                self.api_allowed_cidrs,
+                f"only applies to api_gateway: public (not {self.api_gateway})",
             )
         return self
 
@@ -363,6 +419,8 @@ class OrchestratorConfig(StrictModel):
 class TrainingConfig(StrictModel):
     instance_type: str = "ml.g5.xlarge"
     """A SageMaker GPU training instance type, e.g. ml.g5.xlarge or ml.p4d.24xlarge."""
+    instance_count: int = Field(default=1, ge=1, le=64)
+    """Hosts of one training job. Every GPU of every host runs one data-parallel process."""
     volume_gib: int = Field(default=50, ge=1, le=16384)
     max_runtime_minutes: int = Field(default=120, ge=5, le=40320)
     use_spot: bool = True
@@ -386,6 +444,9 @@ class TrainingConfig(StrictModel):
     """Tag of the PyTorch inference container recorded with each registered model version."""
     epochs: int = Field(default=20, ge=1, le=1000)
     embedding_dim: int = Field(default=64, ge=4, le=1024)
+    batch_size: int = Field(default=1024, ge=1, le=1_048_576)
+    """Training pairs per optimizer step over all GPUs of the job, split evenly between them;
+    at least one per GPU, so that no paid GPU sits idle."""
     approval_metric_floor: float = Field(default=0.05, ge=0, le=1)
     """recall@k a new model version needs (and must beat the approved one) to be approved."""
 
@@ -398,6 +459,21 @@ class TrainingConfig(StrictModel):
                 "ml.g5.xlarge, ml.g6.xlarge or ml.p4d.24xlarge"
             )
         return check_instance_type(value, SAGEMAKER_GPU_TRAINING_TYPES, "SageMaker GPU training")
+
+    @model_validator(mode="after")
+    def _every_gpu_trains(self) -> TrainingConfig:
+        # The job runs one process per GPU of every host, each taking an equal share of every
+        # step's pairs; with fewer pairs than GPUs some would get none and sit idle, so the
+        # training script refuses to start such a job, and the config refuses it first.
+        gpus = self.instance_count * SAGEMAKER_TRAINING_GPUS[self.instance_type]
+        if self.batch_size < gpus:
+            raise FieldError(
+                ("batch_size",),
+                self.batch_size,
+                f"fewer pairs per step than the {gpus} GPUs of {self.instance_count} x "
+                f"{self.instance_type}; each GPU takes an equal share and needs at least one",
+            )
+        return self
 
     @model_validator(mode="after")
     def _spot_wait(self) -> TrainingConfig:

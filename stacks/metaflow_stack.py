@@ -19,8 +19,9 @@ class MetaflowStack(Stack):
 
     Stateful (the metadata database and the Step Functions state table): termination
     protection and retained resources in a protected environment. Wires the diagram's
-    Metaflow Client -> Metaflow Metadata arrow: the client config's service URL is the
-    metadata load balancer, which admits the VPC's range (Batch jobs, notebooks over VPN).
+    Metaflow Client -> Metaflow Metadata arrow: Batch jobs reach the metadata load balancer,
+    which admits their security group by name (plus `metaflow.client_cidrs`); people use the
+    service URL of the client config, the API Gateway endpoint when one is configured.
     """
 
     def __init__(
@@ -41,20 +42,18 @@ class MetaflowStack(Stack):
         removal_policy = stateful_removal_policy(protect=protect)
         key = data.data_lake.key
         vpc_network = network.network
+        # Imported without its key: the client grants the key only through S3 and DynamoDB.
         artifacts = s3.Bucket.from_bucket_attributes(
-            self,
-            "ArtifactsBucket",
-            bucket_name=bucket_name(config.bucket_prefix, "artifacts"),
-            encryption_key=key,
+            self, "ArtifactsBucket", bucket_name=bucket_name(config.bucket_prefix, "artifacts")
         )
         self.metadata = MetaflowMetadataService(
             self,
             "MetaflowMetadata",
             config=config.metaflow,
             vpc=vpc_network.vpc,
+            vpc_cidr=config.network.cidr,
             service_subnets=vpc_network.compute_subnets,
             database_subnets=vpc_network.data_subnets,
-            client_cidr=config.network.cidr,
             auth_key_parameter_name=f"/{config.resource_prefix}/metaflow/auth-key-secret",
             protect=protect,
             removal_policy=removal_policy,
@@ -74,8 +73,11 @@ class MetaflowStack(Stack):
             protect=protect,
             removal_policy=removal_policy,
         )
+        self.metadata.allow_clients(self.client.compute_security_group, "Metaflow Batch jobs")
         CfnOutput(self, "MetaflowServiceUrl", value=self.metadata.service_url)
         if self.metadata.auth_key_secret is not None:
+            CfnOutput(self, "MetaflowApiKeyId", value=self.metadata.api_key_id)
+            CfnOutput(self, "MetaflowApiUsagePlanId", value=self.metadata.usage_plan_id)
             # Data scientists' tool reads the key: the pointer parameter, then the secret.
             # Statements on the policy itself: a grant on the secret would try to edit the key
             # policy, which a managed policy cannot be named in.

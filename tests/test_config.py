@@ -231,6 +231,46 @@ def test_user_file_merges_over_the_chosen_env(tmp_path):
             "kafka:\n  topics: []\n",
             "kafka.topics = []: List should have at least 1 item",
         ),
+        (
+            "training:\n  instance_count: 0\n",
+            "training.instance_count = 0: Input should be greater than or equal to 1",
+        ),
+        (
+            "training:\n  instance_type: ml.g5.12xlarge\n  instance_count: 2\n  batch_size: 7\n",
+            "training.batch_size = 7: fewer pairs per step than the 8 GPUs of 2 x ml.g5.12xlarge; "
+            "each GPU takes an equal share and needs at least one",
+        ),
+        (
+            "metaflow:\n  api_gateway: api_key\n",
+            "metaflow.api_gateway = 'api_key': Input should be 'disabled', 'private' or 'public'",
+        ),
+        (
+            "metaflow:\n  api_gateway: public\n",
+            "metaflow.api_allowed_cidrs = []: a public API needs at least one source network",
+        ),
+        (
+            "metaflow:\n  api_gateway: public\n  api_allowed_cidrs: [0.0.0.0/0]\n",
+            "metaflow.api_allowed_cidrs = ['0.0.0.0/0']: '0.0.0.0/0' admits every address",
+        ),
+        (
+            "metaflow:\n  api_allowed_cidrs: [203.0.113.0/24]\n",
+            "metaflow.api_allowed_cidrs = ['203.0.113.0/24']: only applies to api_gateway: public "
+            "(not disabled)",
+        ),
+        (
+            "metaflow:\n  api_rate_limit_per_5min: 50\n",
+            "metaflow.api_rate_limit_per_5min = 50: Input should be greater than or equal to 100",
+        ),
+        (
+            "metaflow:\n  client_cidrs: [8.8.8.0/24]\n",
+            "metaflow.client_cidrs = ['8.8.8.0/24']: '8.8.8.0/24' is not a private range",
+        ),
+        (
+            "metaflow:\n  metadata_service_image: netflixoss/metaflow_metadata_service:v2.5.0"
+            "@sha256:1234\n",
+            "metaflow.metadata_service_image = 'netflixoss/metaflow_metadata_service:v2.5.0"
+            "@sha256:1234': String should match pattern",
+        ),
     ],
 )
 def test_bad_values_name_the_field_the_value_and_what_is_allowed(tmp_path, override, expected):

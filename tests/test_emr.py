@@ -738,3 +738,24 @@ def test_a_generated_certificate_needs_a_stack_in_a_known_region():
             encryption_key=kms.Key(stack, "Key"),
             log_retention_days=7,
         )
+
+
+def test_bootstrap_knows_the_cluster_kind_and_the_job_loads_the_verified_jars(each_env):
+    """Bootstrap actions run before EMR installs Flink, so the construct names the kind; the
+    jars stay in the node's jar folder and the streaming job loads them with --jars."""
+    from jobs.layout import FLINK_JARS_DIR
+
+    clusters = each_env.template("processing").find_resources("AWS::EMR::Cluster")
+    kinds = {}
+    for cluster in clusters.values():
+        (action,) = cluster["Properties"]["BootstrapActions"]
+        *_, kind = action["ScriptBootstrapAction"]["Args"]
+        kinds[kind] = cluster
+    assert set(kinds) == {"flink", "spark"}
+    (step,) = kinds["flink"]["Properties"]["Steps"]
+    args = step["HadoopJarStep"]["Args"]
+    jars = args[args.index("--jars") + 1].split(",")
+    table = (Path(__file__).resolve().parents[1] / "jobs" / "emr" / "jar-checksums.txt").read_text()
+    table = table.splitlines()
+    urls = [line.split()[2] for line in table if line.strip() and not line.startswith("#")]
+    assert jars == [f"file://{FLINK_JARS_DIR}/{url.rsplit('/', 1)[1]}" for url in urls]

@@ -6,7 +6,15 @@ import json
 import re
 
 import pytest
+from aws_cdk import App, RemovalPolicy, Stack, Validations
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk.assertions import Template
+from cdk_nag import AwsSolutionsChecks
 
+from cdk_constructs.base import acknowledge
+from cdk_constructs.metaflow_metadata import MetaflowMetadataService
+from platform_config import load_config
+from tests.conftest import CDK_CONTEXT, REPO_ROOT
 from tools.metaflow_config import OPTIONAL_KEYS, REQUIRED_KEYS
 
 
@@ -43,22 +51,62 @@ def test_prod_protects_the_database_and_dev_does_not(dev, prod):
     assert only(dev, "AWS::RDS::DBInstance")["DeletionPolicy"] == "Delete"
 
 
-def test_the_database_secret_lives_as_long_as_the_database(dev, prod):
+def master_secret_id(synth) -> str:
+    (database,) = resources(synth, "AWS::RDS::DBInstance").values()
+    # The instance resolves its password from exactly one secret.
+    (secret_id,) = set(
+        re.findall(r'"Ref": "([^"]+)"', json.dumps(database["Properties"]["MasterUserPassword"]))
+    )
+    return secret_id
+
+
+def test_the_database_secrets_live_as_long_as_the_database(dev, prod):
     for synth, policy in ((prod, "Retain"), (dev, "Delete")):
-        (database,) = resources(synth, "AWS::RDS::DBInstance").values()
-        # The instance resolves its password from exactly one secret.
-        (secret_id,) = set(
-            re.findall(
-                r'"Ref": "([^"]+)"', json.dumps(database["Properties"]["MasterUserPassword"])
-            )
-        )
-        assert (
-            resources(synth, "AWS::SecretsManager::Secret")[secret_id]["DeletionPolicy"] == policy
-        )
+        secrets = resources(synth, "AWS::SecretsManager::Secret")
+        assert secrets[master_secret_id(synth)]["DeletionPolicy"] == policy
+        (service,) = [s for lid, s in secrets.items() if "ServiceDatabaseSecret" in lid]
+        assert service["DeletionPolicy"] == policy
 
 
-def test_credentials_reach_the_service_as_ecs_secrets_never_plain_env(each_env):
-    (container,) = only(each_env, "AWS::ECS::TaskDefinition")["Properties"]["ContainerDefinitions"]
+def master_attachment_id(synth) -> str:
+    """The secret's attachment to the instance, which is what the CDK hands out as its secret."""
+    (attachment_id,) = resources(synth, "AWS::SecretsManager::SecretTargetAttachment")
+    return attachment_id
+
+
+def test_the_master_password_rotates_and_the_service_password_is_its_own(each_env):
+    (schedule,) = resources(each_env, "AWS::SecretsManager::RotationSchedule").values()
+    attachment_id = master_attachment_id(each_env)
+    attachment = resources(each_env, "AWS::SecretsManager::SecretTargetAttachment")[attachment_id]
+    assert attachment["Properties"]["SecretId"] == {"Ref": master_secret_id(each_env)}
+    assert schedule["Properties"]["SecretId"] == {"Ref": attachment_id}
+    assert schedule["Properties"]["RotationRules"]["ScheduleExpression"] == "rate(30 days)"
+    secrets = resources(each_env, "AWS::SecretsManager::Secret")
+    (service,) = [s for lid, s in secrets.items() if "ServiceDatabaseSecret" in lid]
+    generated = service["Properties"]["GenerateSecretString"]
+    assert json.loads(generated["SecretStringTemplate"]) == {"username": "metaflow_service"}
+    assert generated["GenerateStringKey"] == "password"
+
+
+def task_definition(synth, prefix: str) -> dict:
+    (found,) = [
+        t["Properties"]
+        for lid, t in resources(synth, "AWS::ECS::TaskDefinition").items()
+        if re.fullmatch(rf"{prefix}[0-9A-F]{{8}}", lid)
+    ]
+    return found
+
+
+def secret_refs(container: dict) -> dict[str, str]:
+    """Each ECS secret of `container` and the logical id of the secret it reads."""
+    return {
+        s["Name"]: re.search(r'"Ref": "([^"]+)"', json.dumps(s["ValueFrom"])).group(1)
+        for s in container["Secrets"]
+    }
+
+
+def test_the_service_logs_in_as_its_own_user_through_ecs_secrets(each_env):
+    (container,) = task_definition(each_env, "MetaflowMetadataTask")["ContainerDefinitions"]
     assert container["Image"] == each_env.config.metaflow.metadata_service_image
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert set(environment) == {
@@ -72,7 +120,64 @@ def test_credentials_reach_the_service_as_ecs_secrets_never_plain_env(each_env):
     assert set(secrets) == {"MF_METADATA_DB_USER", "MF_METADATA_DB_PSWD"}
     assert ":username::" in secrets["MF_METADATA_DB_USER"]
     assert ":password::" in secrets["MF_METADATA_DB_PSWD"]
+    # The service's own secret, never the master's.
+    assert set(secret_refs(container).values()) == {
+        next(lid for lid in resources(each_env, "AWS::SecretsManager::Secret") if "Service" in lid)
+    }
+    for master in (master_secret_id(each_env), master_attachment_id(each_env)):
+        assert master not in json.dumps(container)
     assert {p["ContainerPort"] for p in container["PortMappings"]} == {8080, 8082}
+
+
+def test_only_the_one_off_user_task_holds_the_master_credentials(each_env):
+    master = (master_secret_id(each_env), master_attachment_id(each_env))
+    readers = [
+        lid
+        for lid, resource in each_env.template_json("metaflow")["Resources"].items()
+        if any(f'"Ref": "{ref}"' in json.dumps(resource.get("Properties", {})) for ref in master)
+        and resource["Type"]
+        not in (
+            "AWS::RDS::DBInstance",
+            "AWS::SecretsManager::SecretTargetAttachment",
+            "AWS::SecretsManager::RotationSchedule",
+            # Denies deleting the secret while it rotates.
+            "AWS::SecretsManager::ResourcePolicy",
+        )
+    ]
+    assert sorted(re.sub(r"[0-9A-F]{8}$", "", lid) for lid in readers) == [
+        "MetaflowMetadataDatabaseUserTask",
+        "MetaflowMetadataDatabaseUserTaskExecutionRoleDefaultPolicy",
+    ]
+    (container,) = task_definition(each_env, "MetaflowMetadataDatabaseUserTask")[
+        "ContainerDefinitions"
+    ]
+    assert container["Image"] == each_env.config.metaflow.metadata_service_image
+    assert secret_refs(container)["MASTER_PASSWORD"] in master
+    assert "ServiceDatabaseSecret" in secret_refs(container)["SERVICE_PASSWORD"]
+    python, flag, script = container["Command"]
+    assert (python, flag) == ("python3", "-c")
+    assert (
+        script
+        == (REPO_ROOT / "lambda" / "metaflow_migration" / "create_service_user.py").read_text()
+    )
+
+
+def test_the_service_starts_only_after_its_database_user_is_made(each_env):
+    user = only(each_env, "Custom::MetaflowDatabaseUser")
+    properties = user["Properties"]
+    assert "MetaflowMetadataDatabaseUserTask" in json.dumps(properties["TaskDefinition"])
+    assert "MetaflowMetadataCluster" in json.dumps(properties["Cluster"])
+    assert "DatabaseUserTaskSecurityGroup" in json.dumps(properties["SecurityGroups"])
+    assert all("computeSubnet" in json.dumps(subnet) for subnet in properties["Subnets"])
+    assert properties["ContainerName"] == "db-user"
+    (service_id,) = resources(each_env, "AWS::ECS::Service")
+    service = resources(each_env, "AWS::ECS::Service")[service_id]
+    assert any(d.startswith("MetaflowMetadataDatabaseUserResource") for d in service["DependsOn"])
+    statements = policy_statements(each_env, "MetaflowMetadataDatabaseUserFunctionServiceRole")
+    actions = {json.dumps(s["Action"]): json.dumps(s["Resource"]) for s in statements}
+    assert set(actions) == {'"ecs:RunTask"', '"ecs:DescribeTasks"', '"iam:PassRole"'}
+    assert "MetaflowMetadataDatabaseUserTask" in actions['"ecs:RunTask"']
+    assert "MetaflowMetadataCluster" in actions['"ecs:DescribeTasks"']
 
 
 def test_service_runs_privately_with_rollback_and_bounded_scaling(each_env):
@@ -106,25 +211,31 @@ def test_each_tier_admits_only_the_tier_in_front_of_it(each_env):
     rules = ingress_rules(each_env)
 
     def sources_of(group_fragment: str, port: int) -> list[str]:
-        return [
+        return sorted(
             json.dumps(rule.get("SourceSecurityGroupId", rule.get("CidrIp")))
             for rule in rules
             if group_fragment in json.dumps(rule["GroupId"]) and rule["FromPort"] == port
-        ]
+        )
 
-    database = sources_of("DatabaseSecurityGroup", 5432)
-    assert len(database) == 1
-    assert "ServiceSecurityGroup" in database[0]
+    database = sources_of("MetaflowMetadataDatabaseSecurityGroup", 5432)
+    assert len(database) == 2
+    assert "DatabaseUserTaskSecurityGroup" in database[0]
+    assert "MetaflowMetadataServiceSecurityGroup" in database[1]
     for port in (8080, 8082):
         (source,) = sources_of("MetaflowMetadataServiceSecurityGroup", port)
         assert "LoadBalancerSecurityGroup" in source
-    assert sources_of("LoadBalancerSecurityGroup", 80) == []
+    # The Batch jobs by their group, not the VPC's range; no client networks are configured.
+    (batch,) = sources_of("LoadBalancerSecurityGroup", 80)
+    assert "MetaflowClientComputeSecurityGroup" in batch
     groups = resources(each_env, "AWS::EC2::SecurityGroup")
     (balancer,) = [g for lid, g in groups.items() if "LoadBalancerSecurityGroup" in lid]
-    (clients,) = balancer["Properties"]["SecurityGroupIngress"]
-    assert (clients["CidrIp"], clients["FromPort"]) == (each_env.config.network.cidr, 80)
+    assert "SecurityGroupIngress" not in balancer["Properties"]
     (migration,) = sources_of("LoadBalancerSecurityGroup", 8082)
     assert "MigrationSecurityGroup" in migration
+    # The rotation function reaches the database on its port, and nothing else reaches it.
+    indirect = [r for r in rules if "DatabaseSecurityGroup" in json.dumps(r["GroupId"])]
+    assert len(indirect) == 3
+    assert "RotationSingleUserSecurityGroup" in json.dumps(indirect)
 
 
 def test_schema_migration_runs_on_every_new_task_definition(each_env):
@@ -210,11 +321,12 @@ def test_service_url_is_never_empty(each_env):
 
 def test_dev_serves_metaflow_inside_the_vpc_only(dev):
     dev.template("metaflow").resource_count_is("AWS::ApiGateway::RestApi", 0)
+    dev.template("metaflow").resource_count_is("AWS::EC2::VPCEndpoint", 0)
     config = dev.platform.metaflow.client.client_config
     assert config["METAFLOW_SERVICE_URL"] == config["METAFLOW_SERVICE_INTERNAL_URL"]
 
 
-def test_prod_fronts_the_service_with_an_api_key_gateway(prod):
+def test_prod_fronts_the_service_with_a_private_api_key_gateway(prod):
     template = prod.template("metaflow")
     template.resource_count_is("AWS::ApiGateway::RestApi", 1)
     methods = resources(prod, "AWS::ApiGateway::Method").values()
@@ -231,11 +343,153 @@ def test_prod_fronts_the_service_with_an_api_key_gateway(prod):
     assert "AccessLogSetting" in stage["Properties"]
     (key,) = resources(prod, "AWS::ApiGateway::ApiKey").values()
     assert "resolve:secretsmanager" in json.dumps(key["Properties"]["Value"])
-    # Clients outside use the gateway; Batch tasks stay on the load balancer.
-    rendered = json.dumps(client_config(prod))
-    assert "MetaflowMetadataApi" in rendered
     parameters = [p["Properties"]["Name"] for p in resources(prod, "AWS::SSM::Parameter").values()]
     assert "/ml-platform-prod/metaflow/auth-key-secret" in parameters
+    # What a key rotation needs (README): the key CloudFormation manages and its usage plan.
+    outputs = prod.template_json("metaflow")["Outputs"]
+    (key_id,) = resources(prod, "AWS::ApiGateway::ApiKey")
+    (plan_id,) = resources(prod, "AWS::ApiGateway::UsagePlan")
+    assert outputs["MetaflowApiKeyId"]["Value"] == {"Ref": key_id}
+    assert outputs["MetaflowApiUsagePlanId"]["Value"] == {"Ref": plan_id}
+
+
+def test_the_private_api_is_invoked_only_through_its_own_vpc_endpoint(prod):
+    (endpoint_id,) = resources(prod, "AWS::EC2::VPCEndpoint")
+    endpoint = resources(prod, "AWS::EC2::VPCEndpoint")[endpoint_id]["Properties"]
+    assert endpoint["ServiceName"] == "com.amazonaws.us-east-1.execute-api"
+    assert endpoint["PrivateDnsEnabled"] is False
+    assert all("computeSubnet" in json.dumps(subnet) for subnet in endpoint["SubnetIds"])
+    api = only(prod, "AWS::ApiGateway::RestApi")["Properties"]
+    assert api["EndpointConfiguration"] == {
+        "Types": ["PRIVATE"],
+        "VpcEndpointIds": [{"Ref": endpoint_id}],
+    }
+    allow, deny = api["Policy"]["Statement"]
+    assert (allow["Effect"], allow["Action"], "Condition" in allow) == (
+        "Allow",
+        "execute-api:Invoke",
+        False,
+    )
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"StringNotEquals": {"aws:SourceVpce": {"Ref": endpoint_id}}}
+    # HTTPS from the VPC only (no client networks in prod's config).
+    groups = resources(prod, "AWS::EC2::SecurityGroup")
+    (group,) = [g for lid, g in groups.items() if lid.startswith("MetaflowMetadataApiEndpoint")]
+    assert [(r["CidrIp"], r["FromPort"]) for r in group["Properties"]["SecurityGroupIngress"]] == [
+        (prod.config.network.cidr, 443)
+    ]
+    assert resources(prod, "AWS::WAFv2::WebACL") == {}
+
+
+def test_clients_get_the_endpoint_specific_url_and_batch_the_load_balancer(prod):
+    url = json.dumps(prod.template_json("metaflow")["Outputs"]["MetaflowServiceUrl"]["Value"])
+    (api_id,) = resources(prod, "AWS::ApiGateway::RestApi")
+    (endpoint_id,) = resources(prod, "AWS::EC2::VPCEndpoint")
+    # https://{api-id}-{vpce-id}.execute-api.{region}.amazonaws.com/api/: the name API Gateway
+    # gives a private API on an endpoint associated with it, resolvable with or without
+    # private DNS.
+    assert url == json.dumps(
+        {
+            "Fn::Join": [
+                "",
+                [
+                    "https://",
+                    {"Ref": api_id},
+                    "-",
+                    {"Ref": endpoint_id},
+                    ".execute-api.us-east-1.",
+                    {"Ref": "AWS::URLSuffix"},
+                    "/api/",
+                ],
+            ]
+        }
+    )
+    # The client config carries the same URL for people, and the load balancer for Batch.
+    rendered = json.dumps(client_config(prod))
+    assert f'\\"METAFLOW_SERVICE_URL\\":\\"https://", {{"Ref": "{api_id}"}}, "-"' in rendered
+    assert '\\"METAFLOW_SERVICE_INTERNAL_URL\\":\\"http://' in rendered
+
+
+# Any well-formed digest: the config accepts it and both task definitions pull exactly it.
+PINNED_IMAGE = f"netflixoss/metaflow_metadata_service:v2.5.0@sha256:{'5e' * 32}"
+
+
+def public_metadata_service(tmp_path) -> Template:
+    """The service alone in a bare stack, configured for the public API, with cdk-nag."""
+    override = tmp_path / "public.yaml"
+    override.write_text(
+        "metaflow:\n  api_gateway: public\n  api_allowed_cidrs: [203.0.113.0/24]\n"
+        "  api_rate_limit_per_5min: 1200\n  client_cidrs: [192.168.0.0/16]\n"
+        f"  metadata_service_image: {PINNED_IMAGE}\n"
+    )
+    config = load_config(env="dev", override_file=override).metaflow
+    app = App(context=CDK_CONTEXT, outdir=str(tmp_path / "out"))
+    stack = Stack(app, "Bare", env={"account": "123456789012", "region": "eu-west-1"})
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=2)
+    acknowledge(vpc, "AwsSolutions-VPC7", "A bare VPC for this test; the platform's has flow logs.")
+    service = MetaflowMetadataService(
+        stack,
+        "Metadata",
+        config=config,
+        vpc=vpc,
+        vpc_cidr="10.0.0.0/16",
+        service_subnets=ec2.SubnetSelection(subnet_group_name="Private"),
+        database_subnets=ec2.SubnetSelection(subnet_group_name="Private"),
+        auth_key_parameter_name="/bare/metaflow/auth-key-secret",
+        protect=False,
+        removal_policy=RemovalPolicy.DESTROY,
+    )
+    Validations.of(service).add_plugins(AwsSolutionsChecks(service))
+    app.synth()
+    return Template.from_stack(stack)
+
+
+def test_the_public_api_admits_only_the_allowed_networks_behind_a_web_acl(tmp_path):
+    template = public_metadata_service(tmp_path).to_json()["Resources"]
+
+    def of_type(cfn_type: str) -> dict[str, dict]:
+        return {lid: r for lid, r in template.items() if r["Type"] == cfn_type}
+
+    ((api_id, api),) = of_type("AWS::ApiGateway::RestApi").items()
+    assert api["Properties"]["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
+    _, deny = api["Properties"]["Policy"]["Statement"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"NotIpAddress": {"aws:SourceIp": ["203.0.113.0/24"]}}
+    assert of_type("AWS::EC2::VPCEndpoint") == {}
+    ((acl_id, acl),) = of_type("AWS::WAFv2::WebACL").items()
+    rules = {rule["Name"]: rule for rule in acl["Properties"]["Rules"]}
+    assert rules["RateLimitPerSource"]["Statement"]["RateBasedStatement"] == {
+        "AggregateKeyType": "IP",
+        "EvaluationWindowSec": 300,
+        "Limit": 1200,
+    }
+    assert rules["RateLimitPerSource"]["Action"] == {"Block": {}}
+    common = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert common["VendorName"] == "AWS"
+    assert [o["Name"] for o in common["RuleActionOverrides"]] == ["SizeRestrictions_BODY"]
+    assert "AWSManagedRulesKnownBadInputsRuleSet" in rules
+    images = {
+        container["Image"]
+        for definition in of_type("AWS::ECS::TaskDefinition").values()
+        for container in definition["Properties"]["ContainerDefinitions"]
+    }
+    assert images == {PINNED_IMAGE}
+    (association,) = of_type("AWS::WAFv2::WebACLAssociation").values()
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": [acl_id, "Arn"]}
+    assert {"Ref": api_id} in association["Properties"]["ResourceArn"]["Fn::Join"][1]
+    # The configured client networks reach the load balancer's metadata port.
+    (balancer,) = [
+        r for lid, r in of_type("AWS::EC2::SecurityGroup").items() if "LoadBalancer" in lid
+    ]
+    assert balancer["Properties"]["SecurityGroupIngress"] == [
+        {
+            "CidrIp": "192.168.0.0/16",
+            "Description": "metaflow.client_cidrs",
+            "FromPort": 80,
+            "IpProtocol": "tcp",
+            "ToPort": 80,
+        }
+    ]
 
 
 def test_data_scientists_may_read_the_api_key_only_through_secrets_manager(prod):
@@ -249,16 +503,6 @@ def policy_statements(synth, prefix: str) -> list[dict]:
     policies = resources(synth, "AWS::IAM::Policy")
     (policy,) = [p for lid, p in policies.items() if lid.startswith(prefix)]
     return policy["Properties"]["PolicyDocument"]["Statement"]
-
-
-def test_job_role_reaches_only_the_datastore_prefix(each_env):
-    statements = policy_statements(each_env, "MetaflowClientJobRoleDefaultPolicy")
-    s3_resources = json.dumps([s["Resource"] for s in statements if "s3:" in json.dumps(s)])
-    assert "/metaflow/*" in s3_resources
-    assert "s3:::mlp-" in s3_resources
-    assert "-artifacts-" in s3_resources
-    assert "-raw-" not in s3_resources
-    assert "-curated-" not in s3_resources
 
 
 @pytest.mark.parametrize(
@@ -286,3 +530,110 @@ def test_data_scientist_policy_passes_only_the_platform_roles(each_env):
     for role in ("JobRole", "FargateExecutionRole", "StepFunctionsRole", "EventsRole"):
         assert f"MetaflowClient{role}" in passed
     assert len(pass_role["Resource"]) == 4
+
+
+def client_policies(synth) -> dict[str, list[dict]]:
+    """The statements of every Metaflow client role's policy and the data-scientist policy."""
+    found = {
+        lid: p["Properties"]["PolicyDocument"]["Statement"]
+        for lid, p in resources(synth, "AWS::IAM::Policy").items()
+        if lid.startswith(("MetaflowClientJobRole", "MetaflowClientStepFunctionsRole"))
+    }
+    found["DataScientistPolicy"] = only(synth, "AWS::IAM::ManagedPolicy")["Properties"][
+        "PolicyDocument"
+    ]["Statement"]
+    return found
+
+
+def actions_of(statement: dict) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else action
+
+
+def statement_with(statements: list[dict], action: str) -> dict:
+    (found,) = [s for s in statements if action in actions_of(s)]
+    return found
+
+
+def test_job_role_reaches_only_the_datastore_prefix_and_the_state_table(each_env):
+    statements = policy_statements(each_env, "MetaflowClientJobRoleDefaultPolicy")
+    s3_resources = json.dumps([s["Resource"] for s in statements if "s3:" in json.dumps(s)])
+    assert "/metaflow/*" in s3_resources
+    assert "s3:::mlp-" in s3_resources
+    assert "-artifacts-" in s3_resources
+    assert "-raw-" not in s3_resources
+    assert "-curated-" not in s3_resources
+    # A foreach on Step Functions records its splits from inside the Batch task.
+    table = statement_with(statements, "dynamodb:PutItem")
+    assert sorted(actions_of(table)) == [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    ]
+    assert "MetaflowClientStepFunctionsState" in json.dumps(table["Resource"])
+
+
+def test_batch_grants_name_metaflow_job_definitions_and_job_arns(each_env):
+    policies = client_policies(each_env)
+    for name in ("StepFunctionsRole", "DataScientistPolicy"):
+        (statements,) = [s for lid, s in policies.items() if name in lid]
+        submit = json.dumps(statement_with(statements, "batch:SubmitJob")["Resource"])
+        assert ":job-definition/metaflow_*" in submit
+        assert "MetaflowClientCpuQueue" in submit
+        assert "MetaflowClientGpuQueue" in submit
+        terminate = statement_with(statements, "batch:TerminateJob")
+        assert json.dumps(terminate["Resource"]).endswith(':job/*"]]}')
+    register = statement_with(policies["DataScientistPolicy"], "batch:RegisterJobDefinition")
+    assert ":job-definition/metaflow_*" in json.dumps(register["Resource"])
+    assert register["Condition"] == {"BoolIfExists": {"batch:Privileged": "false"}}
+
+
+def test_nothing_but_reads_is_granted_on_every_resource(each_env):
+    for name, statements in client_policies(each_env).items():
+        for statement in statements:
+            if statement["Resource"] == "*":
+                for action in actions_of(statement):
+                    assert action.split(":")[1].startswith(("Describe", "List")), (name, action)
+
+
+def test_schedules_may_only_target_the_platforms_state_machines(each_env):
+    statements = client_policies(each_env)["DataScientistPolicy"]
+    put_targets = statement_with(statements, "events:PutTargets")
+    assert actions_of(put_targets) == ["events:PutTargets"]
+    (targets,) = put_targets["Condition"]["ForAllValues:ArnLike"]["events:TargetArn"]
+    prefix = f"ml-platform-{each_env.config.env_name}-metaflow"
+    assert json.dumps(targets).endswith(f':stateMachine:{prefix}*"]]}}')
+    assert put_targets["Condition"]["Null"] == {"events:TargetArn": "false"}
+    assert json.dumps(put_targets["Resource"]).endswith(f':rule/{prefix}*"]]}}')
+    # `step-functions create` disables the rule of a flow that has no @schedule.
+    assert "events:DisableRule" in actions_of(statement_with(statements, "events:PutRule"))
+
+
+def test_the_data_key_is_used_only_through_s3_and_dynamodb(each_env):
+    expected = {
+        "MetaflowClientJobRole": ["s3", "dynamodb"],
+        "MetaflowClientStepFunctionsRole": ["dynamodb"],
+        "DataScientistPolicy": ["s3"],
+    }
+    for name, statements in client_policies(each_env).items():
+        data_key = [
+            s
+            for s in statements
+            if any(a.startswith("kms:") for a in actions_of(s))
+            and "DataLakeKey" in json.dumps(s["Resource"])
+        ]
+        (statement,) = data_key
+        services = [
+            f"{service}.{each_env.config.region}.amazonaws.com"
+            for prefix, names in expected.items()
+            if name.startswith(prefix)
+            for service in names
+        ]
+        assert statement["Condition"] == {"StringEquals": {"kms:ViaService": services}}, name
+
+
+def test_no_metaflow_principal_deletes_objects_or_versions(each_env):
+    for name, statements in client_policies(each_env).items():
+        for statement in statements:
+            assert not any(a.startswith("s3:Delete") for a in actions_of(statement)), name
+    assert "dynamodb" not in json.dumps(client_policies(each_env)["DataScientistPolicy"])

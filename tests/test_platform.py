@@ -15,6 +15,7 @@ from cdk_constructs.data_lake import _BUCKET_NOTIFICATIONS_SINGLETON
 from cdk_constructs.emr import _BUCKET_DEPLOYMENT_SINGLETON
 from platform_config import load_config
 from stacks.platform import build_platform
+from tests.checkov.reasons import assert_specific_reason
 from tests.conftest import CDK_CONTEXT
 
 # The brief's contract: construct id in a stack -> (container tag, stereotype tag).
@@ -190,9 +191,7 @@ def test_acknowledgments_give_specific_reasons(each_env):
     found = acknowledgments(each_env.app)
     assert found, "expected at least the logs bucket's acknowledgment"
     for path, rule, reason in found:
-        rule_words = {rule.lower(), rule.split("-")[-1].lower(), "awssolutions"}
-        specific = " ".join(w for w in reason.lower().split() if w.strip(".,:") not in rule_words)
-        assert len(specific) >= 20, f"{path}: vague reason for {rule}: {reason!r}"
+        assert_specific_reason(path, rule, reason)
 
 
 def test_stateful_stacks_are_protected_only_in_prod(dev, prod):

@@ -7,13 +7,21 @@ import json
 import tarfile
 
 import pytest
+from aws_cdk import App, Environment, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk.assertions import Match, Template
 
 from cdk_constructs.training_service import (
     METRIC_NAMES,
     TRAINING_CODE,
+    TrainingService,
     dlc_image,
     source_tarball,
 )
+from platform_config.instance_types import SAGEMAKER_TRAINING_GPUS
+from platform_config.model import TrainingConfig
 
 
 def test_training_code_tarball_is_reproducible(tmp_path):
@@ -69,7 +77,7 @@ def test_training_job_runs_on_the_configured_gpu_with_limits(each_env):
     training = each_env.config.training
     resources = arguments["ResourceConfig"]
     assert resources["InstanceType"] == training.instance_type
-    assert resources["InstanceCount"] == 1
+    assert resources["InstanceCount"] == training.instance_count
     assert resources["VolumeSizeInGB"] == training.volume_gib
     assert resources["VolumeKmsKeyId"] == "REF"
     stopping = arguments["StoppingCondition"]
@@ -101,6 +109,76 @@ def test_training_reads_its_channels_from_the_curated_zone(each_env):
     hyperparameters = training_state(each_env)["Arguments"]["HyperParameters"]
     assert hyperparameters["sagemaker_program"] == "train.py"
     assert hyperparameters["epochs"] == str(each_env.config.training.epochs)
+
+
+def test_training_runs_one_process_per_gpu_under_torchrun(each_env):
+    training = each_env.config.training
+    hyperparameters = training_state(each_env)["Arguments"]["HyperParameters"]
+    # The container's switch for torchrun, JSON-encoded as the SageMaker SDK sends it.
+    assert json.loads(hyperparameters["sagemaker_torch_distributed_enabled"]) is True
+    assert hyperparameters["batch-size"] == str(training.batch_size)
+    # Nothing overrides the container's default of one process per GPU, and no other
+    # launcher (SMDDP, MPI) competes with torchrun.
+    launchers = {name for name in hyperparameters if name.startswith("sagemaker_")}
+    assert launchers == {
+        "sagemaker_program",
+        "sagemaker_submit_directory",
+        "sagemaker_torch_distributed_enabled",
+    }
+    gpus = training.instance_count * SAGEMAKER_TRAINING_GPUS[training.instance_type]
+    assert training.batch_size >= gpus
+
+
+def test_single_host_training_accepts_no_inbound_traffic(each_env):
+    assert each_env.config.training.instance_count == 1
+    groups = each_env.template("orchestration").find_resources(
+        "AWS::EC2::SecurityGroup",
+        {"Properties": {"GroupDescription": Match.string_like_regexp("Recommender training")}},
+    )
+    ((group_id, group),) = groups.items()
+    assert "SecurityGroupIngress" not in group["Properties"]
+    ingress = each_env.template("orchestration").find_resources("AWS::EC2::SecurityGroupIngress")
+    assert group_id not in json.dumps(ingress)
+
+
+def test_hosts_of_a_multi_host_job_reach_each_other_and_nothing_else(tmp_path):
+    config = TrainingConfig(instance_type="ml.g5.12xlarge", instance_count=2, batch_size=2048)
+    stack = Stack(App(outdir=str(tmp_path)), "Training", env=Environment(region="us-east-1"))
+    vpc = ec2.Vpc(
+        stack,
+        "Vpc",
+        nat_gateways=0,
+        subnet_configuration=[
+            ec2.SubnetConfiguration(name="compute", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+        ],
+    )
+    service = TrainingService(
+        stack,
+        "Training",
+        config=config,
+        name_prefix="ml-platform-test",
+        vpc=vpc,
+        subnets=ec2.SubnetSelection(subnet_group_name="compute"),
+        curated_bucket=s3.Bucket(stack, "Curated"),
+        artifacts_bucket=s3.Bucket(stack, "Artifacts"),
+        encryption_key=kms.Key(stack, "Key"),
+        input_prefixes={"interactions": "member_interactions/"},
+        model_package_group="ml-platform-test-recommender",
+        log_retention_days=7,
+    )
+    state = service.training_task(stack, "Task", "train").to_state_json()
+    assert state["Arguments"]["ResourceConfig"]["InstanceCount"] == 2
+    assert state["Arguments"]["HyperParameters"]["batch-size"] == "2048"
+    template = Template.from_stack(stack)
+    group_id = stack.resolve(service.security_group.security_group_id)["Fn::GetAtt"][0]
+    rules = template.find_resources("AWS::EC2::SecurityGroupIngress")
+    (rule,) = rules.values()
+    assert rule["Properties"] == {
+        "Description": "Between the hosts of one training job",
+        "GroupId": {"Fn::GetAtt": [group_id, "GroupId"]},
+        "IpProtocol": "-1",
+        "SourceSecurityGroupId": {"Fn::GetAtt": [group_id, "GroupId"]},
+    }
 
 
 def training_role_statements(synth) -> list[dict]:
@@ -165,3 +243,24 @@ def test_model_package_group_is_retained_in_prod(dev, prod):
         assert group["Properties"]["ModelPackageGroupName"] == (
             f"ml-platform-{synth.config.env_name}-recommender"
         )
+
+
+def test_training_network_interfaces_stay_in_the_platform_vpc(each_env):
+    policies = each_env.template("orchestration").find_resources("AWS::IAM::Policy")
+    (policy,) = [p for lid, p in policies.items() if lid.startswith("TrainingRoleDefaultPolicy")]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    for statement in statements:
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        mutating = [a for a in actions if a.startswith("ec2:") and not a.startswith("ec2:Describe")]
+        if not mutating:
+            continue
+        resources = json.dumps(statement["Resource"])
+        assert '"*"' not in resources
+        if "network-interface/*" in resources:
+            assert "ec2:Vpc" in statement["Condition"]["ArnEquals"]
+        else:
+            assert mutating == ["ec2:CreateNetworkInterface"]
+            assert "subnet/" in resources
+            assert "security-group/" in resources

@@ -9,7 +9,12 @@ Metaflow client looks for it.
 
 When the environment fronts the metadata service with API Gateway, the tool also reads the
 API key from the secret named in `/ml-platform-<env>/metaflow/auth-key-secret` and adds it as
-METAFLOW_SERVICE_AUTH_KEY (the file is written with mode 0600 for that reason).
+METAFLOW_SERVICE_AUTH_KEY (the file is written with mode 0600 for that reason). The service
+URL is written as the stack published it: with `metaflow.api_gateway: private` it is the
+private API's endpoint-specific name, `https://<api-id>-<vpce-id>.execute-api.<region>.
+amazonaws.com/api/`, which resolves to the API's VPC endpoint from inside the VPC and from
+networks connected to it, so Metaflow needs no extra header; with `public` it is the regional
+URL, callable only from `metaflow.api_allowed_cidrs`.
 
 With --profile the file is `config_<NAME>.json`, which Metaflow uses when
 `METAFLOW_PROFILE=NAME`; without it the file is `config.json`, used when no profile is set.

@@ -1,7 +1,17 @@
-"""Brings the Metaflow metadata database schema up to date on every deploy.
+"""The deploy-time steps of the Metaflow metadata database: its service user, then its schema.
 
-The on_event handler of a CDK custom-resource ``Provider``. It talks to the migration service
-of ``netflixoss/metaflow_metadata_service`` (Netflix/metaflow-service,
+The on_event handler of the CDK custom-resource ``Provider`` of two resource types, told apart
+by ``ResourceType``:
+
+- ``Custom::MetaflowDatabaseUser``: ``database_user.py`` beside this file runs the one-off
+  ECS task that creates or updates the service's own database user (the function needs no
+  VPC access, only the ECS API); see that module.
+- ``Custom::MetaflowSchemaMigration``: brings the schema up to date, as described below.
+
+Any other ResourceType raises ``ValueError``.
+
+For the schema migration it talks to the migration service of
+``netflixoss/metaflow_metadata_service`` (Netflix/metaflow-service,
 ``services/migration_service/api/admin.py``), whose API it relies on as follows:
 
 - ``GET /db_schema_status`` answers 200 with a JSON body holding ``is_up_to_date`` (bool:
@@ -13,8 +23,9 @@ of ``netflixoss/metaflow_metadata_service`` (Netflix/metaflow-service,
 - ``PATCH /upgrade`` runs ``goose up`` to completion before answering: 200 "upgrade success"
   or 500 "upgrade failed". It only exists while MF_MIGRATION_ENDPOINTS_ENABLED is not 0.
 
-Environment: ``MIGRATION_URL`` (e.g. ``http://internal-nlb-dns:8082``) and
-``MAX_WAIT_SECONDS`` (default 600), how long to wait for the service to answer.
+Environment: ``MIGRATION_URL`` (e.g. ``http://internal-nlb-dns:8082``, schema migration
+only) and ``MAX_WAIT_SECONDS`` (default 600), how long to wait for the service to answer or
+the database user's task to stop.
 
 Create and Update: wait, retrying with capped exponential backoff, until the status endpoint
 answers (the ECS service may still be starting, or its database not yet reachable); if the
@@ -32,9 +43,11 @@ the service gets min(MAX_WAIT_SECONDS, 440 s) to answer.
 
 Errors: ``MigrationError`` (the schema is behind after the upgrade, the upgrade answered an
 error, or the service answered something unexpected), ``ServiceUnavailableError`` (no answer
-within the wait), ``ValueError`` (unknown RequestType, bad MAX_WAIT_SECONDS).
+within the wait), ``ValueError`` (unknown ResourceType or RequestType, bad
+MAX_WAIT_SECONDS).
 
-IAM: none. The function needs network access to the service's migration port.
+IAM: none for the schema migration, which needs network access to the service's migration
+port; the database user's function gets the ECS permissions ``database_user.py`` names.
 """
 
 from __future__ import annotations
@@ -48,8 +61,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import boto3
+import database_user
 from aws_lambda_powertools import Logger
 
+SCHEMA_MIGRATION = "Custom::MetaflowSchemaMigration"
+DATABASE_USER = "Custom::MetaflowDatabaseUser"
 PHYSICAL_RESOURCE_ID = "metaflow-db-schema"
 DEFAULT_MAX_WAIT_SECONDS = 600.0
 STATUS_TIMEOUT_SECONDS = 15.0
@@ -65,6 +82,7 @@ logger = Logger(service="metaflow-migration")
 # The service sits behind an internal load balancer in the VPC and is reached directly, never
 # through a proxy taken from the environment.
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+ecs = boto3.client("ecs")
 
 
 class MigrationError(RuntimeError):
@@ -129,7 +147,7 @@ def _wait_for_status(base_url: str, max_wait: float) -> tuple[dict[str, Any], st
             attempt += 1
 
 
-def _wait_budget(context: Any) -> float:
+def _wait_budget(context: Any, reserved_seconds: float) -> float:
     raw = os.environ.get("MAX_WAIT_SECONDS") or str(DEFAULT_MAX_WAIT_SECONDS)
     try:
         max_wait = float(raw)
@@ -137,7 +155,7 @@ def _wait_budget(context: Any) -> float:
         max_wait = math.nan
     if not 0 <= max_wait < math.inf:
         raise ValueError(f"MAX_WAIT_SECONDS must be a non-negative number of seconds, got {raw!r}")
-    remaining = context.get_remaining_time_in_millis() / 1000 - RESERVED_SECONDS
+    remaining = context.get_remaining_time_in_millis() / 1000 - reserved_seconds
     return max(0.0, min(max_wait, remaining))
 
 
@@ -153,14 +171,29 @@ def _result(status: dict[str, Any], *, upgraded: bool) -> dict[str, Any]:
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    resource_type = event.get("ResourceType")
+    if resource_type not in (SCHEMA_MIGRATION, DATABASE_USER):
+        raise ValueError(f"unknown ResourceType {resource_type!r}")
     request_type = event.get("RequestType")
     if request_type == "Delete":
+        if resource_type == DATABASE_USER:
+            return {"PhysicalResourceId": database_user.PHYSICAL_RESOURCE_ID}
         return {"PhysicalResourceId": PHYSICAL_RESOURCE_ID}
     if request_type not in ("Create", "Update"):
         raise ValueError(f"unknown RequestType {request_type!r}")
+    if resource_type == DATABASE_USER:
+        max_wait = _wait_budget(context, database_user.RESERVED_SECONDS)
+        result = database_user.create_or_update(
+            ecs, event.get("ResourceProperties") or {}, max_wait
+        )
+        logger.info("Database user ready", extra={"task_arn": result["Data"]["TaskArn"]})
+        return result
+    return _migrate(_wait_budget(context, RESERVED_SECONDS))
 
+
+def _migrate(max_wait: float) -> dict[str, Any]:
     base_url = os.environ["MIGRATION_URL"].rstrip("/")
-    status, _ = _wait_for_status(base_url, _wait_budget(context))
+    status, _ = _wait_for_status(base_url, max_wait)
     if status["is_up_to_date"]:
         logger.info("Schema up to date", extra={"current_version": status.get("current_version")})
         return _result(status, upgraded=False)

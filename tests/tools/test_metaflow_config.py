@@ -511,3 +511,15 @@ def test_announced_but_unreadable_api_key_writes_nothing(
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read the metadata API key from arn:aws:secretsmanager:")
     assert err.count("\n") == 1
+
+
+def test_a_private_apis_endpoint_specific_url_is_written_as_published(
+    ssm: Any, config_dir: Path
+) -> None:
+    # What the prod stack publishes with `api_gateway: private`.
+    url = "https://a1b2c3d4e5-vpce-0123456789abcdef0.execute-api.us-east-1.amazonaws.com/api/"
+    put(ssm, {**VALID_CONFIG, "METAFLOW_SERVICE_URL": url})
+
+    assert run("--env", "dev", "--config-dir", str(config_dir)) == 0
+
+    assert json.loads((config_dir / "config.json").read_text())["METAFLOW_SERVICE_URL"] == url

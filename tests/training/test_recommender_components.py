@@ -7,11 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
 from training.recommender import data, evaluation
-from training.recommender.model import NegativeSampler
+from training.recommender.model import (
+    MatrixFactorization,
+    NegativeSampler,
+    bpr_loss,
+    make_optimizer,
+)
 
 
 def _write_events(root: Path, rows: list[tuple[str, str, str, str]]) -> None:
@@ -87,9 +93,15 @@ def test_split_dedups_positives_and_holds_out_each_members_latest_title(tmp_path
 
 def test_split_fingerprint_follows_the_training_pairs() -> None:
     def split(rows: list[tuple[str, str, str]]) -> data.TrainingSplit:
-        positives = pd.DataFrame(rows, columns=["member_id", "title_id", "event_time"])
-        positives["event_time"] = pd.to_datetime(positives["event_time"], utc=True)
-        return data.split_leave_last_out(positives)
+        members, titles, times = zip(*rows, strict=True)
+        table = pa.table(
+            {
+                "member_id": members,
+                "title_id": titles,
+                "event_time": pa.array(pd.to_datetime(times, utc=True), pa.timestamp("us")),
+            }
+        )
+        return data.split_leave_last_out(data.encode_positives(table))
 
     base = [("m1", "t1", "2024-05-01"), ("m1", "t2", "2024-05-02")]
     assert split(base).fingerprint() == split(list(reversed(base))).fingerprint()
@@ -150,3 +162,46 @@ def test_negative_sampler_avoids_each_members_positives_deterministically() -> N
     assert not any((m, t) in liked for m, t in zip(batch.tolist(), first.tolist(), strict=True))
     # Every member likes titles 2 and 3; all the others turn up as negatives.
     assert set(first.tolist()) == {0, 1, 4, 5, 6, 7}
+
+
+def test_ids_that_are_not_strings_are_indexed_by_their_string_form() -> None:
+    table = pa.table(
+        {
+            "member_id": pa.array([10, 9, 10], pa.int64()),
+            "title_id": ["t1", "t2", "t2"],
+            "event_time": pa.array([1, 2, 3], pa.timestamp("s")),
+        }
+    )
+    positives = data.encode_positives(table)
+    # As strings "10" sorts before "9".
+    assert positives.member_ids == ["10", "9"]
+    assert positives.members.tolist() == [0, 1, 0]
+    assert positives.titles.tolist() == [0, 1, 1]
+
+
+def test_a_step_moves_only_the_rows_its_batch_touches() -> None:
+    model = MatrixFactorization(4, 5, 3, torch.Generator().manual_seed(0))
+    optimizer = make_optimizer(model, learning_rate=0.1)
+
+    def step(member: int, positive: int, negative: int) -> dict[str, list[int]]:
+        before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        optimizer.zero_grad(set_to_none=True)
+        batch = (torch.tensor([member]), torch.tensor([positive]), torch.tensor([negative]))
+        bpr_loss(model, *batch, weight_decay=1e-4).backward()
+        optimizer.step()
+        return {
+            name: sorted(set(torch.nonzero(tensor != before[name])[:, 0].tolist()))
+            for name, tensor in model.state_dict().items()
+        }
+
+    assert step(1, 2, 4) == {
+        "member_embedding.weight": [1],
+        "title_embedding.weight": [2, 4],
+        "title_bias.weight": [2, 4],
+    }
+    # The first step's rows keep still, where Adam's momentum would move them on.
+    assert step(0, 3, 0) == {
+        "member_embedding.weight": [0],
+        "title_embedding.weight": [0, 3],
+        "title_bias.weight": [0, 3],
+    }

@@ -3,6 +3,10 @@
 SageMaker copies the checkpoint folder to S3 while the job runs and back before a restarted
 job begins, so a job interrupted after epoch ``n`` resumes at epoch ``n + 1``. Each file is
 written under a temporary name and renamed, so a file with the final name is complete.
+
+A checkpoint holds the whole model and optimizer state, which every process of a
+data-parallel job has in full: it does not depend on how many processes wrote it, and a job
+with any number of processes resumes from it.
 """
 
 from __future__ import annotations
@@ -59,12 +63,13 @@ def save(
 
 
 def load_latest(
-    folder: Path, fingerprint: str, max_epoch: int, device: torch.device
+    folder: Path, fingerprint: str, max_epoch: int
 ) -> tuple[Checkpoint | None, list[str]]:
     """Return the newest usable checkpoint in ``folder`` and notes on the ones passed over.
 
     A checkpoint is usable when it loads, has ``fingerprint`` and at most ``max_epoch``
-    epochs. Returns ``None`` when there is none, and the training starts from scratch.
+    epochs. Returns ``None`` when there is none, and the training starts from scratch. The
+    state is loaded on the CPU; ``load_state_dict`` moves it to the model's device.
     """
     notes = []
     for epoch, path in _checkpoint_files(folder):
@@ -72,7 +77,7 @@ def load_latest(
             notes.append(f"skipping checkpoint {path}: it is past epoch {max_epoch}")
             continue
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or foreign file is passed over, whatever failed
             notes.append(f"skipping unreadable checkpoint {path}: {type(exc).__name__}")
             continue

@@ -1,6 +1,14 @@
-"""Implicit-feedback matrix factorization trained with the BPR pairwise loss."""
+"""Implicit-feedback matrix factorization trained with the BPR pairwise loss.
+
+The embeddings produce sparse gradients: a batch's gradient holds only the member and title
+rows the batch touches, and the optimizer is lazy Adam (``torch.optim.SparseAdam``), which
+updates only those rows. A training step therefore costs the same whatever the number of
+members and titles, and so does exchanging gradients between data-parallel processes.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,9 +27,9 @@ class MatrixFactorization(nn.Module):
         self, num_members: int, num_titles: int, embedding_dim: int, generator: torch.Generator
     ) -> None:
         super().__init__()
-        self.member_embedding = nn.Embedding(num_members, embedding_dim)
-        self.title_embedding = nn.Embedding(num_titles, embedding_dim)
-        self.title_bias = nn.Embedding(num_titles, 1)
+        self.member_embedding = nn.Embedding(num_members, embedding_dim, sparse=True)
+        self.title_embedding = nn.Embedding(num_titles, embedding_dim, sparse=True)
+        self.title_bias = nn.Embedding(num_titles, 1, sparse=True)
         # Small initial vectors keep the first scores near zero, where the BPR gradient is
         # largest; the explicit generator makes the start independent of global RNG state.
         nn.init.normal_(self.member_embedding.weight, std=0.1, generator=generator)
@@ -30,8 +38,14 @@ class MatrixFactorization(nn.Module):
 
     def forward(self, members: torch.Tensor, titles: torch.Tensor) -> torch.Tensor:
         """Return the score of each ``(members[i], titles[i])`` pair."""
-        member_vectors = self.member_embedding(members)
-        title_vectors = self.title_embedding(titles)
+        return self.pair_scores(
+            self.member_embedding(members), self.title_embedding(titles), titles
+        )
+
+    def pair_scores(
+        self, member_vectors: torch.Tensor, title_vectors: torch.Tensor, titles: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the scores of pairs whose vectors are already looked up."""
         return (member_vectors * title_vectors).sum(dim=-1) + self.title_bias(titles).squeeze(-1)
 
     @torch.no_grad()
@@ -85,15 +99,23 @@ def bpr_loss(
     one. The regularizer is applied per batch row rather than through the optimizer, so rows
     of members and titles absent from the batch are not shrunk.
     """
-    difference = model(members, positives) - model(members, negatives)
-    ranking = -functional.logsigmoid(difference).mean()
-    vectors = (
-        model.member_embedding(members),
-        model.title_embedding(positives),
-        model.title_embedding(negatives),
+    # Each vector is looked up once, not once per use: the sparse gradients then hold each
+    # row fewer times, which keeps their exchange between processes and the optimizer small.
+    member_vectors = model.member_embedding(members)
+    positive_vectors = model.title_embedding(positives)
+    negative_vectors = model.title_embedding(negatives)
+    difference = model.pair_scores(member_vectors, positive_vectors, positives) - (
+        model.pair_scores(member_vectors, negative_vectors, negatives)
     )
+    ranking = -functional.logsigmoid(difference).mean()
+    vectors = (member_vectors, positive_vectors, negative_vectors)
     l2 = sum(vector.pow(2).sum(dim=-1).mean() for vector in vectors)
     return ranking + weight_decay * l2
+
+
+def make_optimizer(model: MatrixFactorization, learning_rate: float) -> torch.optim.Optimizer:
+    """Return lazy Adam over the model's embeddings: rows a batch does not touch keep still."""
+    return torch.optim.SparseAdam(list(model.parameters()), lr=learning_rate)
 
 
 def train_epoch(
@@ -105,11 +127,15 @@ def train_epoch(
     batch_size: int,
     weight_decay: float,
     generator: torch.Generator,
+    average_gradients: Callable[[], None],
 ) -> float:
     """Run one epoch over the training pairs in a shuffled order and return its mean loss.
 
-    ``train_members`` and ``train_titles`` are CPU tensors; shuffling and negative sampling
-    draw from ``generator`` on the CPU, so the epoch is the same on any device.
+    ``train_members`` and ``train_titles`` are CPU tensors, this process's share of the
+    pairs. Shuffling and negative sampling draw from ``generator`` on the CPU, so the epoch
+    is the same on any device. ``average_gradients`` runs between each backward pass and
+    optimizer step; data-parallel training replaces every process's gradients there with
+    their mean over the processes, so all of them take the same step.
     """
     device = next(model.parameters()).device
     order = torch.randperm(len(train_members), generator=generator)
@@ -125,6 +151,7 @@ def train_epoch(
         loss = bpr_loss(model, members[batch], positives[batch], negatives[batch], weight_decay)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients()
         optimizer.step()
         total += loss.detach().double() * len(members[batch])
     return float(total) / len(members)

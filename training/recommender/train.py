@@ -1,22 +1,25 @@
 """SageMaker script-mode entry point: train the title recommender on member interactions.
 
-SageMaker runs ``python train.py --epochs 20 ...`` in the source directory; locally the same
-job runs as ``python -m training.recommender.train``. The job:
+SageMaker runs ``torchrun --nproc_per_node <GPUs> ... train.py --epochs 20 ...`` in the
+source directory, one process per GPU of every host; the same script also runs as a single
+plain process (``python train.py`` or ``python -m training.recommender.train``). The job:
 
 1. reads the curated ``member_interactions`` Parquet table from the ``interactions`` channel
    and keeps the positive events (PLAY, COMPLETE, THUMBS_UP, ADD_TO_LIST), one per member and
    title;
 2. holds out each member's latest positive (members with at least two) and trains matrix
-   factorization with the BPR loss on the rest, on the GPU when there is one, saving a
+   factorization with the BPR loss on the rest, data-parallel over the processes (each
+   trains on its own share of the pairs, gradients are averaged every step), saving a
    checkpoint after every epoch and resuming from the latest matching one;
 3. evaluates recall@k and NDCG@k on the holdout for the model and a popularity baseline, and
    fails when ``--min-recall`` is given and not reached;
 4. only then writes the model folder (``model.pt``, ``id_maps.json``, ``popularity.json`` and
    ``metrics.json``, see :mod:`artifact`) and ``metrics.json`` to the output data folder.
 
-Metrics are printed as ``METRIC <name>=<value>`` lines for SageMaker's metric definitions.
-A failure prints one ``training failed: <reason>`` line to stderr, writes the reason to the
-failure file SageMaker reports, and exits with status 1.
+Only the leader process (rank 0) reads and writes checkpoints, evaluates, prints the log and
+the ``METRIC <name>=<value>`` lines for SageMaker's metric definitions, and writes files. A
+failure prints one ``training failed: <reason>`` line to stderr, writes the reason to the
+failure file SageMaker reports, and exits with status 1; every process that fails reports.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -35,14 +40,15 @@ import numpy as np
 import torch
 
 if __package__:
-    from . import artifact, checkpoints, data, evaluation
-    from .model import MatrixFactorization, NegativeSampler, train_epoch
+    from . import artifact, checkpoints, data, data_parallel, evaluation
+    from .model import MatrixFactorization, NegativeSampler, make_optimizer, train_epoch
 else:  # SageMaker runs train.py as a script from the source directory, outside any package.
     import artifact
     import checkpoints
     import data
+    import data_parallel
     import evaluation
-    from model import MatrixFactorization, NegativeSampler, train_epoch
+    from model import MatrixFactorization, NegativeSampler, make_optimizer, train_epoch
 
 DEFAULT_CHANNEL = "/opt/ml/input/data/interactions"
 DEFAULT_MODEL_DIR = "/opt/ml/model"
@@ -86,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate", type=_positive_float, default=0.01, help="step size of Adam"
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=1024, help="training pairs per step"
+        "--batch-size",
+        type=_positive_int,
+        default=1024,
+        help="training pairs per step over all processes, split evenly between them",
     )
     parser.add_argument(
         "--weight-decay",
@@ -136,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-gpus",
         type=int,
         default=int(env.get("SM_NUM_GPUS", torch.cuda.device_count())),
-        help="0 trains on the CPU; the model is small, so at most one GPU is used ($SM_NUM_GPUS)",
+        help="0 trains on the CPU; otherwise each process uses the GPU of its LOCAL_RANK "
+        "($SM_NUM_GPUS)",
     )
     return parser
 
@@ -149,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     failure_file = _failure_file(argv)
     try:
         run(build_parser().parse_args(argv))
-    except (TrainingError, data.InputDataError) as exc:
+    except (TrainingError, data.InputDataError, data_parallel.LayoutError) as exc:
         message = _one_line(exc)
         _write_failure(failure_file, message)
-        print(f"training failed: {message}", file=sys.stderr, flush=True)
+        # One write of the whole line: the processes under torchrun share stderr, and print()
+        # writes the text and the newline separately, so their lines could interleave.
+        sys.stderr.write(f"training failed: {message}\n")
+        sys.stderr.flush()
         return 1
     except Exception as exc:
         _write_failure(failure_file, f"unexpected {type(exc).__name__}: {_one_line(exc)}")
@@ -161,65 +174,181 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, float | int]:
-    """Train, evaluate and write the artifacts; return the contents of ``metrics.json``."""
-    device = _select_device(args.num_gpus)
+    """Train, evaluate and write the artifacts; return the contents of ``metrics.json``.
+
+    Under ``torchrun`` this process is one of several; every one of them returns the metrics.
+    """
+    layout = data_parallel.layout_from_env()
+    if args.batch_size < layout.world_size:
+        raise TrainingError(
+            f"--batch-size {args.batch_size} is smaller than the {layout.world_size} "
+            "processes; each needs at least one pair per step"
+        )
+    device = data_parallel.select_device(layout, args.num_gpus)
     if device.type == "cuda":
         _make_gpu_deterministic()
+    data_parallel.start(layout, device)
+    try:
+        return _run(args, layout, device)
+    finally:
+        data_parallel.stop(layout)
 
-    interactions = data.read_interactions(args.interactions)
-    _log(
-        f"read {interactions.rows} rows from {interactions.files} Parquet files, "
-        f"{len(interactions.positives)} positive events"
-    )
-    split = data.split_leave_last_out(interactions.positives)
-    _log(
-        f"{split.num_members} members, {split.num_titles} titles, "
-        f"{len(split.train_members)} training positives, "
-        f"{len(split.holdout_members)} holdout members; training on {device}"
-    )
 
+def _run(
+    args: argparse.Namespace, layout: data_parallel.Layout, device: torch.device
+) -> dict[str, float | int]:
+    process = _Process(layout, device, _Console(enabled=layout.is_leader))
+    split, data_digest = _read_split(args, process)
     model = MatrixFactorization(
         split.num_members,
         split.num_titles,
         args.embedding_dim,
         generator=torch.Generator().manual_seed(args.seed),
     ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    fingerprint = _fingerprint(split, args)
-    checkpoint, notes = checkpoints.load_latest(
-        args.checkpoint_dir, fingerprint, args.epochs, device
-    )
-    for note in notes:
-        _log(note)
-    first_epoch = 1
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint.model_state)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        first_epoch = checkpoint.epoch + 1
-        _log(f"resuming from the checkpoint of epoch {checkpoint.epoch} in {args.checkpoint_dir}")
+    optimizer = make_optimizer(model, args.learning_rate)
+    fingerprint = _fingerprint(data_digest, args, optimizer)
+    first_epoch = _resume(args, fingerprint, model, optimizer, process) + 1
+    _train(args, split, model, optimizer, fingerprint, first_epoch, process)
+    return _evaluate_and_write(args, split, model, process)
 
+
+@dataclass(frozen=True)
+class _Process:
+    """This process's place in the job, its device, and its console."""
+
+    layout: data_parallel.Layout
+    device: torch.device
+    console: _Console
+
+
+def _read_split(args: argparse.Namespace, process: _Process) -> tuple[data.TrainingSplit, str]:
+    """Read and split the interactions; return the split and its fingerprint.
+
+    Every process reads the channel; a process whose data differs from the leader's (a file
+    that changed while the hosts downloaded the channel) stops the whole job.
+    """
+    console = process.console
+    console.log(f"reading the interactions under {args.interactions}")
+    interactions = data.read_interactions(args.interactions)
+    console.log(
+        f"read {interactions.rows} rows from {interactions.files} Parquet files, "
+        f"{len(interactions.positives)} positive events"
+    )
+    split = data.split_leave_last_out(interactions.positives)
+    # The split holds its own arrays; the events are no longer needed.
+    del interactions
+    layout = process.layout
+    console.log(
+        f"{split.num_members} members, {split.num_titles} titles, "
+        f"{len(split.train_members)} training positives, "
+        f"{len(split.holdout_members)} holdout members; training on {process.device}"
+        + (f" in each of {layout.world_size} processes" if layout.is_distributed else "")
+    )
+    digest = split.fingerprint()
+    leader_digest = data_parallel.broadcast(digest, layout)
+    if not data_parallel.all_true(leader_digest == digest, layout, process.device):
+        raise TrainingError("the processes read different interactions; restart the job")
+    return split, digest
+
+
+def _train(
+    args: argparse.Namespace,
+    split: data.TrainingSplit,
+    model: MatrixFactorization,
+    optimizer: torch.optim.Optimizer,
+    fingerprint: str,
+    first_epoch: int,
+    process: _Process,
+) -> None:
+    """Train this process's shard of the pairs from ``first_epoch`` to ``--epochs``."""
+    layout = process.layout
+    shard = data_parallel.shard(len(split.train_members), layout)
     sampler = NegativeSampler(split.train_members, split.train_titles, split.num_titles)
-    train_members = torch.from_numpy(split.train_members)
-    train_titles = torch.from_numpy(split.train_titles)
+    train_members = torch.from_numpy(split.train_members[shard])
+    train_titles = torch.from_numpy(split.train_titles[shard])
+    average_gradients = partial(data_parallel.average_gradients, list(model.parameters()), layout)
     for epoch in range(first_epoch, args.epochs + 1):
-        _log(f"epoch {epoch}/{args.epochs}")
+        process.console.log(f"epoch {epoch}/{args.epochs}")
         loss = train_epoch(
             model,
             optimizer,
             sampler,
             train_members,
             train_titles,
-            args.batch_size,
+            args.batch_size // layout.world_size,
             args.weight_decay,
-            generator=torch.Generator().manual_seed(_epoch_seed(args.seed, epoch)),
+            generator=torch.Generator().manual_seed(_epoch_seed(args.seed, epoch, layout.rank)),
+            average_gradients=average_gradients,
         )
+        # Shards are equally long, so the mean of the processes' means is the epoch's mean.
+        loss = data_parallel.average(loss, layout, process.device)
         if not math.isfinite(loss):
             raise TrainingError(
                 f"training diverged in epoch {epoch} (loss {loss}); lower --learning-rate"
             )
-        _metric("train_loss", loss)
-        checkpoints.save(args.checkpoint_dir, epoch, fingerprint, model, optimizer)
+        process.console.metric("train_loss", loss)
+        if layout.is_leader:
+            checkpoints.save(args.checkpoint_dir, epoch, fingerprint, model, optimizer)
 
+
+def _evaluate_and_write(
+    args: argparse.Namespace,
+    split: data.TrainingSplit,
+    model: MatrixFactorization,
+    process: _Process,
+) -> dict[str, float | int]:
+    """Evaluate on the leader, check ``--min-recall`` everywhere, write the artifacts."""
+    layout, console = process.layout, process.console
+    metrics = _evaluate(args, model, split, process.device) if layout.is_leader else None
+    # Every process learns the leader's figures, so all of them agree on --min-recall.
+    metrics = data_parallel.broadcast(metrics, layout)
+    for name in METRIC_NAMES[1:]:
+        console.metric(name, float(metrics[name]))
+    if args.min_recall is not None and metrics["recall_at_k"] < args.min_recall:
+        raise TrainingError(
+            f"recall_at_k {metrics['recall_at_k']} is below --min-recall {args.min_recall}; "
+            "no model written"
+        )
+    if layout.is_leader:
+        _write_artifacts(args, model, split, metrics)
+        console.log(f"wrote {', '.join(artifact.ARTIFACT_FILES)} to {args.model_dir}")
+    return metrics
+
+
+def _resume(
+    args: argparse.Namespace,
+    fingerprint: str,
+    model: MatrixFactorization,
+    optimizer: torch.optim.Optimizer,
+    process: _Process,
+) -> int:
+    """Load the latest matching checkpoint into every process; return its epoch (0: none).
+
+    Only the leader reads the checkpoint folder, which SageMaker fills on the first host, and
+    sends the state to the others.
+    """
+    checkpoint = None
+    if process.layout.is_leader:
+        checkpoint, notes = checkpoints.load_latest(args.checkpoint_dir, fingerprint, args.epochs)
+        for note in notes:
+            process.console.log(note)
+    checkpoint = data_parallel.broadcast(checkpoint, process.layout)
+    if checkpoint is None:
+        return 0
+    model.load_state_dict(checkpoint.model_state)
+    optimizer.load_state_dict(checkpoint.optimizer_state)
+    process.console.log(
+        f"resuming from the checkpoint of epoch {checkpoint.epoch} in {args.checkpoint_dir}"
+    )
+    return checkpoint.epoch
+
+
+def _evaluate(
+    args: argparse.Namespace,
+    model: MatrixFactorization,
+    split: data.TrainingSplit,
+    device: torch.device,
+) -> dict[str, float | int]:
     model.eval()
     ranking_inputs = (
         split.train_members,
@@ -235,7 +364,7 @@ def run(args: argparse.Namespace) -> dict[str, float | int]:
         evaluation.popularity_scorer(split.train_titles, split.num_titles, device),
         *ranking_inputs,
     )
-    metrics: dict[str, float | int] = {
+    return {
         "k": args.k,
         "recall_at_k": learned.recall_at_k,
         "ndcg_at_k": learned.ndcg_at_k,
@@ -247,17 +376,6 @@ def run(args: argparse.Namespace) -> dict[str, float | int]:
         "titles": split.num_titles,
         "epochs": args.epochs,
     }
-    for name in METRIC_NAMES[1:]:
-        _metric(name, float(metrics[name]))
-    if args.min_recall is not None and learned.recall_at_k < args.min_recall:
-        raise TrainingError(
-            f"recall_at_k {learned.recall_at_k} is below --min-recall {args.min_recall}; "
-            "no model written"
-        )
-
-    _write_artifacts(args, model, split, metrics)
-    _log(f"wrote {', '.join(artifact.ARTIFACT_FILES)} to {args.model_dir}")
-    return metrics
 
 
 def _write_artifacts(
@@ -277,12 +395,6 @@ def _write_artifacts(
     artifact.write_metrics(args.output_data_dir, metrics)
 
 
-def _select_device(num_gpus: int) -> torch.device:
-    if num_gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _make_gpu_deterministic() -> None:
     # The CPU kernels this job uses are deterministic already. cuBLAS reads this variable
     # when its first handle is created; without it deterministic matrix products on the GPU
@@ -291,15 +403,21 @@ def _make_gpu_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # Each epoch's shuffle and negatives depend only on the seed and the epoch number, so a
-    # run resumed from a checkpoint repeats exactly what an uninterrupted run would do.
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    # Each epoch's shuffle and negatives depend only on the seed, the epoch number and the
+    # process's rank: a run resumed from a checkpoint repeats exactly what an uninterrupted
+    # run would do, and the processes of one run draw different negatives.
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def _fingerprint(split: data.TrainingSplit, args: argparse.Namespace) -> str:
+def _fingerprint(
+    data_digest: str, args: argparse.Namespace, optimizer: torch.optim.Optimizer
+) -> str:
+    # Everything that shapes the training trajectory except the number of processes, which
+    # may change between an interruption and the restart.
     trajectory = {
-        "data": split.fingerprint(),
+        "data": data_digest,
+        "optimizer": type(optimizer).__name__,
         "embedding_dim": args.embedding_dim,
         "learning_rate": args.learning_rate,
         "batch_size": args.batch_size,
@@ -331,10 +449,20 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def _metric(name: str, value: float) -> None:
-    # repr() of a float is its shortest round-tripping form, so metrics.json, which holds the
-    # same floats, parses back to exactly the printed values.
-    print(f"METRIC {name}={float(value)!r}", flush=True)
+@dataclass(frozen=True)
+class _Console:
+    """The job's log and metric lines; only the leader's console prints, so each appears once."""
+
+    enabled: bool
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            _log(message)
+
+    def metric(self, name: str, value: float) -> None:
+        # repr() of a float is its shortest round-tripping form, so metrics.json, which holds
+        # the same floats, parses back to exactly the printed values.
+        self.log(f"METRIC {name}={float(value)!r}")
 
 
 def _one_line(exc: BaseException) -> str:
