@@ -13,6 +13,7 @@ from aws_cdk import (
     CfnResource,
     IAspect,
     RemovalPolicy,
+    Stack,
     Tags,
     Validations,
 )
@@ -78,6 +79,17 @@ def grant_key_use_for_aws_resources(key: kms.IKey, grantee: iam.IGrantable) -> N
             resources=[key.key_arn],
             conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
         )
+    )
+
+
+def sync_integration_statement(scope: IConstruct, rule_name: str) -> iam.PolicyStatement:
+    """What a state machine needs for a `.sync` service integration beyond the service's own
+    calls: Step Functions watches the job through the managed EventBridge rule `rule_name`."""
+    return iam.PolicyStatement(
+        actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+        resources=[
+            Stack.of(scope).format_arn(service="events", resource="rule", resource_name=rule_name)
+        ],
     )
 
 

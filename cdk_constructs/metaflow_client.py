@@ -12,7 +12,12 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wildcard_grants
+from cdk_constructs.base import (
+    PlatformContainer,
+    acknowledge,
+    acknowledge_wildcard_grants,
+    sync_integration_statement,
+)
 from platform_config.model import MetaflowConfig
 
 DATASTORE_PREFIX = "metaflow"
@@ -199,10 +204,7 @@ class MetaflowClient(PlatformContainer):
         for statement in (
             *self._job_statements(),
             iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"]),
-            iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[self._arn("events", f"rule/{SFN_BATCH_EVENTS_RULE}")],
-            ),
+            sync_integration_statement(self, SFN_BATCH_EVENTS_RULE),
             # A foreach reads its cardinality from the state table.
             self._table_statement("dynamodb:GetItem"),
             self._data_key_statement("dynamodb"),

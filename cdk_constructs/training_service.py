@@ -23,6 +23,7 @@ from cdk_constructs.base import (
     acknowledge_wildcard_grants,
     grant_key_use_for_aws_resources,
     skip_checkov,
+    sync_integration_statement,
 )
 from cdk_constructs.function import PlatformFunction
 from platform_config.model import TrainingConfig
@@ -485,17 +486,7 @@ class TrainingService(PlatformContainer):
             )
         )
         role.add_to_principal_policy(
-            iam.PolicyStatement(
-                # Step Functions' .sync integration watches the job through this managed rule.
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    stack.format_arn(
-                        service="events",
-                        resource="rule",
-                        resource_name="StepFunctionsGetEventsForSageMakerTrainingJobsRule",
-                    )
-                ],
-            )
+            sync_integration_statement(role, "StepFunctionsGetEventsForSageMakerTrainingJobsRule")
         )
         self.role.grant_pass_role(role)
 

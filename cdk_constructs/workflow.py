@@ -35,6 +35,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from cdk_constructs.alerting import AlertTarget
+from cdk_constructs.base import sync_integration_statement
 from cdk_constructs.function import PlatformFunction
 from cdk_constructs.signal_bus import SignalBus
 
@@ -224,17 +225,7 @@ class EmrStep:
             )
         )
         role.add_to_principal_policy(
-            iam.PolicyStatement(
-                # Step Functions' .sync integration watches the step through this managed rule.
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    stack.format_arn(
-                        service="events",
-                        resource="rule",
-                        resource_name="StepFunctionsGetEventForEMRAddJobFlowStepsRule",
-                    )
-                ],
-            )
+            sync_integration_statement(role, "StepFunctionsGetEventForEMRAddJobFlowStepsRule")
         )
 
 
