@@ -2,7 +2,8 @@
 
 Part of the Monitoring container: every alarm of every stack notifies this topic, and every
 failed, timed-out or aborted workflow run is published to it, so a person subscribed here hears
-of each failure once.
+of each failure once. Alarms are made one way, through the stack's :class:`AlertTarget`, whose
+cdk-monitoring-constructs facades also draw each area's dashboard.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
+from cdk_monitoring_constructs import (
+    AlarmFactoryDefaults,
+    CustomMetricGroup,
+    CustomMetricWithAlarm,
+    CustomThreshold,
+    DefaultDashboardFactory,
+    MaxMessageCountThreshold,
+    MonitoringFacade,
+    SnsAlarmActionStrategy,
+)
 from constructs import Construct
 
 from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wildcard_grants
@@ -27,7 +38,21 @@ from cdk_constructs.base import PlatformContainer, acknowledge, acknowledge_wild
 UNSUCCESSFUL_RUNS = ("FAILED", "TIMED_OUT", "ABORTED")
 # The AWS services that publish to the topic (alarm actions, rule targets) and that deliver to
 # the platform's dead-letter queues, encrypting with the alert key as they do.
-ALERT_PUBLISHERS = ("cloudwatch.amazonaws.com", "events.amazonaws.com")
+# Prometheus's alert manager publishes the serving rules' alerts.
+ALERT_PUBLISHERS = ("cloudwatch.amazonaws.com", "events.amazonaws.com", "aps.amazonaws.com")
+# An alarm of the facades' defaults fires on three breaching five-minute figures in a row: a
+# blip a person cannot act on does not page them.
+DEFAULT_EVALUATION_PERIODS = 3
+
+
+def alarm_name(name_prefix: str, area: str, name: str) -> str:
+    """Every alarm's name: deterministic, so the overview dashboard lists alarms of stacks
+    deployed after it without cross-stack exports."""
+    return f"{name_prefix}-{area}-{name}"
+
+
+def dashboard_name(name_prefix: str, area: str) -> str:
+    return f"{name_prefix}-{area}"
 
 
 def alert_topic_name(name_prefix: str) -> str:
@@ -104,11 +129,51 @@ class Alerting(PlatformContainer):
             self.topic.add_subscription(subscriptions.EmailSubscription(address))
 
 
+class AreaMonitoring(PlatformContainer):
+    """One area's dashboard (`<prefix>-<area>`) and the factory of its alarms (named
+    `<prefix>-<area>-...`, notifying the alert topic on ALARM and on OK)."""
+
+    container = "monitoring"
+    stereotype = "ml-monitoring"
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name_prefix: str,
+        area: str,
+        topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        action = SnsAlarmActionStrategy(on_alarm_topic=topic, on_ok_topic=topic)
+        self.facade = MonitoringFacade(
+            self,
+            "Facade",
+            alarm_factory_defaults=AlarmFactoryDefaults(
+                alarm_name_prefix=f"{name_prefix}-{area}",
+                actions_enabled=True,
+                action=action,
+                evaluation_periods=DEFAULT_EVALUATION_PERIODS,
+                datapoints_to_alarm=DEFAULT_EVALUATION_PERIODS,
+            ),
+            dashboard_factory=DefaultDashboardFactory(
+                self,
+                "Dashboards",
+                dashboard_name_prefix=dashboard_name(name_prefix, area),
+                create_dashboard=True,
+                create_summary_dashboard=False,
+                create_alarm_dashboard=False,
+            ),
+        )
+
+
 class AlertTarget:
     """What a stack needs to alert: the topic and key, imported by their deterministic names
-    so a stack depends on the alerting stack without cross-stack exports."""
+    so a stack depends on the alerting stack without cross-stack exports, and the monitoring
+    facade of the stack's area (its dashboard and the one way its alarms are made)."""
 
-    def __init__(self, scope: Construct, *, name_prefix: str) -> None:
+    def __init__(self, scope: Construct, *, name_prefix: str, area: str) -> None:
         stack = Stack.of(scope)
         self.topic = sns.Topic.from_topic_arn(
             scope,
@@ -118,12 +183,81 @@ class AlertTarget:
         self.key_alias = alert_key_alias(name_prefix)
         self.key = kms.Alias.from_alias_name(scope, "AlertKey", self.key_alias)
         self._scope = scope
+        self._name_prefix = name_prefix
+        self._facades: dict[str, MonitoringFacade] = {}
+        self.area = area
+        self.monitoring = self.dashboard(area)
+
+    def dashboard(self, area: str) -> MonitoringFacade:
+        """The facade of `area` in this stack: one dashboard `<prefix>-<area>`, and alarms named
+        `<prefix>-<area>-...` that notify the alert topic on ALARM and on OK."""
+        facade = self._facades.get(area)
+        if facade is None:
+            ident = "".join(part.title() for part in area.split("-"))
+            facade = AreaMonitoring(
+                self._scope,
+                f"{ident}Monitoring",
+                name_prefix=self._name_prefix,
+                area=area,
+                topic=self.topic,
+            ).facade
+            self._facades[area] = facade
+        return facade
+
+    def alarm(
+        self,
+        *,
+        name: str,
+        title: str,
+        description: str,
+        metric: cloudwatch.IMetric,
+        threshold: float,
+        comparison: cloudwatch.ComparisonOperator,
+        evaluation_periods: int = 1,
+        datapoints_to_alarm: int | None = None,
+        treat_missing_data: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING,
+        area: str | None = None,
+    ) -> cloudwatch.AlarmBase:
+        """An alarm on one metric (or expression), drawn on the area's dashboard, that
+        notifies the alert topic; named `<prefix>-<area>-<name>`."""
+        area = area or self.area
+        facade = self.dashboard(area)
+        facade.monitor_custom(
+            alarm_friendly_name=name,
+            human_readable_name=title,
+            metric_groups=[
+                CustomMetricGroup(
+                    title=title,
+                    metrics=[
+                        CustomMetricWithAlarm(
+                            metric=metric,
+                            alarm_friendly_name=name,
+                            add_alarm={
+                                "Alarm": CustomThreshold(
+                                    threshold=threshold,
+                                    comparison_operator=comparison,
+                                    alarm_name_override=alarm_name(self._name_prefix, area, name),
+                                    alarm_description_override=description,
+                                    evaluation_periods=evaluation_periods,
+                                    datapoints_to_alarm=datapoints_to_alarm or evaluation_periods,
+                                    treat_missing_data_override=treat_missing_data,
+                                )
+                            },
+                        )
+                    ],
+                )
+            ],
+        )
+        return facade.created_alarms()[-1].alarm
 
     def notify(self, alarm: cloudwatch.Alarm) -> cloudwatch.Alarm:
-        """Send the alarm's state changes (into ALARM and back to OK) to the alert topic."""
+        """Send the state changes (into ALARM and back to OK) of an alarm made elsewhere to
+        the alert topic, and draw it on the area's dashboard: for alarms another service
+        reads by name, such as ECS's rollback alarms."""
         action = cloudwatch_actions.SnsAction(self.topic)
         alarm.add_alarm_action(action)
         alarm.add_ok_action(action)
+        self.monitoring.add_widget(cloudwatch.AlarmWidget(alarm=alarm, title=alarm.alarm_name))
         return alarm
 
     def grant_encrypt(self, grantee: iam.IGrantable) -> None:
@@ -208,18 +342,27 @@ class AlertTarget:
             "This queue is itself the dead-letter queue of EventBridge and Scheduler targets; "
             "a queue behind it would only move the same undelivered events.",
         )
-        self.notify(
-            cloudwatch.Alarm(
-                scope,
-                f"{construct_id}Depth",
-                alarm_description=f"Undelivered events in the dead-letter queue of {purpose}",
-                metric=queue.metric_approximate_number_of_messages_visible(
-                    period=Duration.minutes(5), statistic="Maximum"
-                ),
-                threshold=0,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                evaluation_periods=1,
-                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            )
+        self.monitoring.monitor_sqs_queue(
+            queue=queue,
+            alarm_friendly_name=f"dlq-{_slug(purpose)}",
+            human_readable_name=f"Dead letters of {purpose}",
+            add_queue_max_size_alarm={
+                "Undelivered": MaxMessageCountThreshold(
+                    max_message_count=0,
+                    evaluation_periods=1,
+                    datapoints_to_alarm=1,
+                    alarm_name_override=alarm_name(
+                        self._name_prefix, self.area, f"dlq-{_slug(purpose)}"
+                    ),
+                    alarm_description_override=(
+                        f"Undelivered events in the dead-letter queue of {purpose}"
+                    ),
+                )
+            },
         )
         return queue
+
+
+def _slug(text: str) -> str:
+    """Lowercase words joined by dashes: a readable, alarm-name-safe form of a purpose."""
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())

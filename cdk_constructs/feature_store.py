@@ -248,10 +248,10 @@ class FeatureStore(PlatformContainer):
             ),
         )
         alerts.grant_encrypt(schedule_role)
-        self.freshness_alarm = cloudwatch.Alarm(
-            self,
-            "FreshnessAlarm",
-            alarm_description=(
+        self.freshness_alarm = alerts.alarm(
+            name="feature-freshness",
+            title=f"Age of the newest {self.member_features_name} record",
+            description=(
                 f"Newest {self.member_features_name} record older than {max_feature_age_hours} h"
             ),
             metric=cloudwatch.Metric(
@@ -262,12 +262,11 @@ class FeatureStore(PlatformContainer):
                 period=Duration.minutes(15),
             ),
             threshold=max_feature_age_hours * 3600,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=2,
             # No figure means no marker (nothing ever ingested) or a broken check.
             treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
         )
-        alerts.notify(self.freshness_alarm)
 
     def grant_ingest(self, grantee: iam.IGrantable) -> iam.Grant:
         """PutRecord into the member-features group (the batch ingestion path)."""

@@ -184,28 +184,26 @@ class FlinkJobKeeper(Construct):
         )
         self.function = self._function(cluster, alerts, log_retention_days)
         self.schedule = self._schedule(alerts)
-        self.alarm = alerts.notify(
-            cloudwatch.Alarm(
-                self,
-                "NotRunning",
-                alarm_description=(
-                    f"{job_name} is not running on {cluster.cluster_name}, or its keeper "
-                    "stopped reporting"
-                ),
-                metric=cloudwatch.Metric(
-                    namespace=STREAMING_NAMESPACE,
-                    metric_name=JOB_RUNNING_METRIC,
-                    dimensions_map={"ClusterName": cluster.cluster_name, "JobName": job_name},
-                    statistic="Maximum",
-                    period=KEEPER_INTERVAL,
-                ),
-                threshold=1,
-                comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-                # A resubmission takes one check; two down in three is a job that stays down.
-                evaluation_periods=3,
-                datapoints_to_alarm=2,
-                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-            )
+        self.alarm = alerts.alarm(
+            name=f"{job_name}-not-running",
+            title=f"Streaming job {job_name}",
+            description=(
+                f"{job_name} is not running on {cluster.cluster_name}, or its keeper "
+                "stopped reporting"
+            ),
+            metric=cloudwatch.Metric(
+                namespace=STREAMING_NAMESPACE,
+                metric_name=JOB_RUNNING_METRIC,
+                dimensions_map={"ClusterName": cluster.cluster_name, "JobName": job_name},
+                statistic="Maximum",
+                period=KEEPER_INTERVAL,
+            ),
+            threshold=1,
+            comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            # A resubmission takes one check; two down in three is a job that stays down.
+            evaluation_periods=3,
+            datapoints_to_alarm=2,
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
         )
 
     def _function(

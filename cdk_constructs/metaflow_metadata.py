@@ -360,6 +360,7 @@ class MetaflowMetadataService(PlatformContainer):
         # The gateway's key and usage plan, which a key rotation works with (README).
         self.api_key_id: str | None = None
         self.usage_plan_id: str | None = None
+        self.api: apigateway.RestApi | None = None
         if config.api_gateway != "disabled":
             self.service_url, self.auth_key_secret = self._api_gateway(
                 dns=dns,
@@ -547,7 +548,7 @@ class MetaflowMetadataService(PlatformContainer):
             encryption_key=encryption_key,
             removal_policy=RemovalPolicy.DESTROY,
         )
-        api = apigateway.RestApi(
+        self.api = api = apigateway.RestApi(
             self,
             "Api",
             description=f"Metaflow metadata service ({config.api_gateway}, API key required)",

@@ -36,6 +36,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from cdk_constructs.alerting import alarm_name
 from cdk_constructs.base import (
     PlatformContainer,
     acknowledge,
@@ -43,10 +44,18 @@ from cdk_constructs.base import (
     log_retention,
     skip_checkov,
 )
+from cdk_constructs.prometheus import PrometheusSink
+from jobs.layout import PREDICTIONS_PREFIX
 from platform_config.model import CanaryConfig, ServedModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_PORT = 8080
+# The app's Prometheus port: reached only by the collector over the task's loopback, never
+# by the load balancer.
+METRICS_PORT = 9464
+# What the app appends to a model's name for its shadow candidate's records
+# (serving/recommender_service/service.py, SHADOW_MODEL_NAME_SUFFIX).
+SHADOW_MODEL_SUFFIX = ":shadow"
 METRICS_NAMESPACE = "MLPlatform/Serving"
 # The build context is the repository; the image needs only the app and the training package
 # whose artifact format it loads.
@@ -269,6 +278,30 @@ class ModelData:
     write_tables: tuple[str, ...]
     feature_group_arn: str | None
     feature_group_name: str | None
+    # The lake's raw zone, where every prediction record is also logged for the model monitor.
+    prediction_log_bucket: s3.IBucket | None = None
+
+
+def render_collector_config(template: str, values: dict[str, str]) -> str:
+    """The collector configuration with its `${env:NAME}` placeholders filled in at synth:
+    CloudFormation would read a literal `${...}` as a substitution it cannot resolve."""
+    rendered = template
+    for name, value in values.items():
+        rendered = rendered.replace(f"${{env:{name}}}", value)
+    leftover = re.findall(r"\$\{env:([A-Za-z_]+)\}", rendered)
+    if leftover:
+        raise ValueError(f"collector configuration names unset variables: {', '.join(leftover)}")
+    return rendered
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """The OpenTelemetry collector beside the app: its image, its configuration file and the
+    Prometheus workspace it writes the app's metrics to."""
+
+    collector_image: str
+    collector_config: str
+    sink: PrometheusSink
 
 
 class ModelService(PlatformContainer):
@@ -303,6 +336,7 @@ class ModelService(PlatformContainer):
         subnets: ec2.SubnetSelection,
         priority: int,
         log_retention_days: int,
+        telemetry: Telemetry | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         model = config.name
@@ -333,6 +367,15 @@ class ModelService(PlatformContainer):
                 r"Resource::arn:.*:cassandra:.*:/keyspace/system\*": (
                     "Read-only system keyspaces (peers, schema) the Cassandra driver queries "
                     "when it connects to Keyspaces."
+                ),
+                r"Action::s3:Abort\*": (
+                    "The CDK's S3 put grant: aborting its own multipart uploads of prediction "
+                    "log objects."
+                ),
+                rf"Resource::.*/{re.escape(PREDICTIONS_PREFIX)}model={re.escape(model)}"
+                rf"({re.escape(SHADOW_MODEL_SUFFIX)})?/\*": (
+                    "New prediction log objects of this model (and its shadow), whose keys "
+                    "carry the hour and a random name."
                 ),
             },
         )
@@ -373,6 +416,12 @@ class ModelService(PlatformContainer):
         }
         if data.feature_group_name:
             environment["FEATURE_GROUP_NAME"] = data.feature_group_name
+        if data.prediction_log_bucket is not None:
+            environment["PREDICTION_LOG_URI"] = data.prediction_log_bucket.s3_url_for_object(
+                PREDICTIONS_PREFIX
+            )
+        if telemetry is not None:
+            environment["METRICS_PORT"] = str(METRICS_PORT)
         task_definition.add_container(
             "App",
             image=image,
@@ -382,6 +431,8 @@ class ModelService(PlatformContainer):
             # The image's own non-root user runs the app; only /tmp is writable.
             readonly_root_filesystem=True,
         )
+        if telemetry is not None:
+            self._add_collector(task_definition, telemetry, model, log_group)
         # The model is downloaded and unpacked here at start-up.
         task_definition.add_volume(name="models")
         task_definition.default_container.add_mount_points(
@@ -444,7 +495,7 @@ class ModelService(PlatformContainer):
             target_groups=[self.blue],
         )
 
-        self.alarms = self._rollback_alarms(front, canary)
+        self.alarms = self._rollback_alarms(front, canary, name_prefix)
         self.service = ecs.FargateService(
             self,
             "Service",
@@ -505,8 +556,8 @@ class ModelService(PlatformContainer):
             metric=cloudwatch.MathExpression(
                 expression="FILL(blue, 0) + FILL(green, 0)",
                 using_metrics={
-                    "blue": self._target_metric(front, self.blue, "RequestCountPerTarget"),
-                    "green": self._target_metric(front, self.green, "RequestCountPerTarget"),
+                    "blue": self.target_metric(front, self.blue, "RequestCountPerTarget"),
+                    "green": self.target_metric(front, self.green, "RequestCountPerTarget"),
                 },
                 period=Duration.minutes(1),
             ),
@@ -521,6 +572,12 @@ class ModelService(PlatformContainer):
 
     def _grant_data(self, role: iam.IRole, data: ModelData) -> None:
         data.artifacts_bucket.grant_read(role, f"{data.artifacts_prefix}*")
+        if data.prediction_log_bucket is not None:
+            # Its own records and its shadow's, each under the model's own folder.
+            for logged_model in (self.model, f"{self.model}{SHADOW_MODEL_SUFFIX}"):
+                data.prediction_log_bucket.grant_put(
+                    role, f"{PREDICTIONS_PREFIX}model={logged_model}/*"
+                )
         stack = Stack.of(self)
 
         def table(name: str) -> str:
@@ -555,9 +612,40 @@ class ModelService(PlatformContainer):
                 )
             )
 
-    def _target_metric(
+    def _add_collector(
+        self,
+        task_definition: ecs.FargateTaskDefinition,
+        telemetry: Telemetry,
+        model: str,
+        log_group: logs.ILogGroup,
+    ) -> None:
+        """The collector scrapes the app's metrics port over the task's loopback and writes
+        to Prometheus; it is not essential, so losing it never stops serving."""
+        stack = Stack.of(self)
+        task_definition.add_container(
+            "Collector",
+            image=ecs.ContainerImage.from_registry(telemetry.collector_image),
+            essential=False,
+            memory_reservation_mib=128,
+            environment={
+                "AOT_CONFIG_CONTENT": render_collector_config(
+                    telemetry.collector_config,
+                    {
+                        "AWS_REGION": stack.region,
+                        "METRICS_PORT": str(METRICS_PORT),
+                        "AMP_REMOTE_WRITE_URL": telemetry.sink.remote_write_url,
+                    },
+                ),
+            },
+            logging=ecs.LogDriver.aws_logs(stream_prefix=f"{model}-collector", log_group=log_group),
+            readonly_root_filesystem=True,
+        )
+        telemetry.sink.grant_remote_write(task_definition.task_role)
+
+    def target_metric(
         self, front: ServingFront, group: elbv2.ApplicationTargetGroup, name: str, **options
     ) -> cloudwatch.Metric:
+        """A load balancer metric of one of the model's target groups, per minute."""
         return cloudwatch.Metric(
             namespace="AWS/ApplicationELB",
             metric_name=name,
@@ -569,14 +657,16 @@ class ModelService(PlatformContainer):
             **options,
         )
 
-    def _rollback_alarms(self, front: ServingFront, canary: CanaryConfig) -> list[cloudwatch.Alarm]:
+    def _rollback_alarms(
+        self, front: ServingFront, canary: CanaryConfig, name_prefix: str
+    ) -> list[cloudwatch.Alarm]:
         """Alarms that roll a deployment back: the 5xx share and the p99 latency of the
         model's targets, whichever target group they sit in."""
         groups = {"blue": self.blue, "green": self.green}
 
         def per_group(name: str, statistic: str) -> dict[str, cloudwatch.IMetric]:
             return {
-                f"{color}{name}": self._target_metric(front, group, name, statistic=statistic)
+                f"{color}{name}": self.target_metric(front, group, name, statistic=statistic)
                 for color, group in groups.items()
             }
 
@@ -605,6 +695,7 @@ class ModelService(PlatformContainer):
             cloudwatch.Alarm(
                 self,
                 alarm_id,
+                alarm_name=alarm_name(name_prefix, "serving", f"{self.model}-{suffix}"),
                 alarm_description=description,
                 metric=metric,
                 threshold=threshold,
@@ -614,15 +705,17 @@ class ModelService(PlatformContainer):
                 # No traffic is no evidence against a version.
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             )
-            for alarm_id, description, metric, threshold in (
+            for alarm_id, suffix, description, metric, threshold in (
                 (
                     "ErrorRateAlarm",
+                    "error-rate",
                     f"{self.model}: more than {canary.alarm_5xx_percent} % 5xx responses",
                     errors,
                     canary.alarm_5xx_percent,
                 ),
                 (
                     "LatencyAlarm",
+                    "p99-latency",
                     f"{self.model}: p99 latency above {canary.alarm_p99_latency_ms} ms",
                     latency,
                     canary.alarm_p99_latency_ms,

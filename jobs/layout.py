@@ -22,6 +22,8 @@ FLINK_JARS_DIR = f"{NODE_CODE_DIR}/flink-lib"
 STREAMING_PREFIX = "streaming/"
 RAW_EVENTS_PREFIX = f"{STREAMING_PREFIX}member_interactions"
 DEAD_LETTER_PREFIX = f"{STREAMING_PREFIX}_dead_letter/member_interactions"
+# Raw zone: the serving tasks' prediction log, which the model monitor reads.
+PREDICTIONS_PREFIX = "predictions/"
 
 # Curated zone: the ETL's tables (named in the catalog databases), its rejected rows and the
 # counts of each run.

@@ -653,6 +653,71 @@ class FeatureStoreConfig(StrictModel):
     """Freshness alarm: the newest member-feature record may be at most this old."""
 
 
+class ModelMonitoringConfig(StrictModel):
+    """The model monitor: a Spark job the orchestrator runs on a schedule, whose figures
+    (namespace MLPlatform/ModelMonitoring) the drift and accuracy alarms read."""
+
+    cron: str = Field(default="15 * * * ? *", pattern=r"^\S+ \S+ \S+ \S+ \S+ \S+$")
+    """When the monitor runs (EventBridge Scheduler cron, in the orchestrator's timezone);
+    the alarms expect one figure per hour."""
+    window_hours: int = Field(default=24, ge=1, le=168)
+    """Recent serving inputs and scores compared with the training baseline."""
+    outcome_hours: int = Field(default=24, ge=1, le=168)
+    """A recommendation is a hit when the member plays one of its titles within this time."""
+    plays_lag_hours: int = Field(default=30, ge=0, le=168)
+    """How far the curated plays lag behind the clock: the daily ETL writes a day's plays in
+    the early hours of the next, so recommendations are judged only once their plays can be
+    there (judging earlier would read missing plays as misses)."""
+    top_k: int = Field(default=10, ge=1, le=100)
+    """K of the online hit rate at K."""
+    feature_drift_psi: float = Field(default=0.2, gt=0, le=10)
+    """Data-drift alarm: the population stability index of an input above this (0.1 is a
+    moderate shift, 0.25 a major one, by the usual rule of thumb)."""
+    prediction_drift_psi: float = Field(default=0.2, gt=0, le=10)
+    """Prediction-drift alarm: the PSI of the top score above this."""
+    min_hit_rate: float = Field(default=0.01, ge=0, le=1)
+    """Online-accuracy alarm: the hit rate at K of the served version below this."""
+    drift_sustained_hours: int = Field(default=6, ge=1, le=24)
+    """A drift alarm fires, and asks the orchestrator to retrain, only when drift lasts this
+    many consecutive hourly figures: a short burst of unusual traffic retrains nothing."""
+
+
+class MonitoringConfig(StrictModel):
+    """Thresholds of the infrastructure alarms (sensible defaults; per environment in its
+    config file) and the Prometheus and Grafana switches."""
+
+    msk_disk_used_percent: float = Field(default=80, gt=0, lt=100)
+    """A broker's data-log volume fuller than this."""
+    flink_consumer_lag: int = Field(default=100_000, ge=1)
+    """Records the streaming job's consumer group may fall behind (max offset lag)."""
+    spark_idle_hours: int = Field(default=4, ge=1, le=72)
+    """Cost alarm: the Spark cluster has run no step for this long."""
+    lambda_errors: int = Field(default=0, ge=0)
+    """A function alarms when it has more errors than this in five minutes."""
+    p99_latency_ms: int = Field(default=1000, ge=10, le=60000)
+    """The metadata service's p99 response time above this."""
+    rds_cpu_percent: float = Field(default=80, gt=0, le=100)
+    rds_free_storage_gib: float = Field(default=2, gt=0)
+    rds_max_connections: int = Field(default=60, ge=1)
+    """The metadata database's connections above this (t4g.micro allows about 80)."""
+    prometheus: bool = True
+    """An Amazon Managed Service for Prometheus workspace that the serving tasks' collector
+    writes to, with alert rules for serving."""
+    grafana: bool = False
+    """An Amazon Managed Grafana workspace over Prometheus and CloudWatch. Off by default: it
+    signs users in through IAM Identity Center, which must be enabled in the account first."""
+    otel_collector_image: str = Field(
+        default=(
+            "public.ecr.aws/aws-observability/aws-otel-collector:v0.48.0"
+            "@sha256:9b28046359054b414f4ba76056ba4e8cffda2d53fbcee06171d7eeecd71326c3"
+        ),
+        pattern=r"^[a-z0-9.-]+(/[a-z0-9._-]+)+(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$",
+    )
+    """The AWS Distro for OpenTelemetry collector beside each serving task, pinned by digest
+    so a re-pushed tag cannot change what runs next to the model."""
+    models: ModelMonitoringConfig = Field(default_factory=ModelMonitoringConfig)
+
+
 class PlatformConfig(StrictModel):
     env_name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,14}[a-z0-9]$")
     """Short environment name (2-16 lowercase letters, digits, dashes); part of every name."""
@@ -682,6 +747,7 @@ class PlatformConfig(StrictModel):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     emr_tls: EmrTlsConfig = Field(default_factory=EmrTlsConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @field_validator("availability_zones")
     @classmethod

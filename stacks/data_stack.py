@@ -9,6 +9,7 @@ from cdk_constructs.data_catalog import DataCatalog
 from cdk_constructs.data_lake import DataLake
 from cdk_constructs.feature_store import FeatureStore
 from cdk_constructs.model_registry import ModelRegistry
+from cdk_constructs.monitoring import monitor_functions, monitor_keyspaces
 from cdk_constructs.online_store import OnlineStore
 from platform_config import PlatformConfig
 
@@ -72,6 +73,7 @@ class DataStack(Stack):
             },
             removal_policy=removal_policy,
         )
+        alerts = AlertTarget(self, name_prefix=config.resource_prefix, area="data")
         self.feature_store = FeatureStore(
             self,
             "FeatureStore",
@@ -82,8 +84,15 @@ class DataStack(Stack):
             max_feature_age_hours=config.feature_store.max_feature_age_hours,
             log_retention_days=config.network.flow_log_retention_days,
             removal_policy=removal_policy,
-            alerts=AlertTarget(self, name_prefix=config.resource_prefix),
+            alerts=alerts,
         )
+        # Keyspaces as serving uses it: history read per request, predictions written.
+        monitor_keyspaces(
+            alerts,
+            keyspace=self.online_store.keyspace_name,
+            operations={"member_history": ("SELECT",), "predictions": ("INSERT",)},
+        )
+        monitor_functions(alerts, self, max_errors=config.monitoring.lambda_errors)
 
         for name, bucket in {
             "RawBucketName": self.data_lake.raw_bucket,

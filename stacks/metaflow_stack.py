@@ -1,14 +1,23 @@
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
+from cdk_monitoring_constructs import (
+    ErrorCountThreshold,
+    HighConnectionCountThreshold,
+    LatencyThreshold,
+    MinUsageCountThreshold,
+    UsageThreshold,
+)
 from constructs import Construct
 
+from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.base import stateful_removal_policy
 from cdk_constructs.data_lake import bucket_name
 from cdk_constructs.metaflow_client import MetaflowClient
 from cdk_constructs.metaflow_metadata import MetaflowMetadataService
+from cdk_constructs.monitoring import monitor_functions
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
@@ -74,6 +83,7 @@ class MetaflowStack(Stack):
             removal_policy=removal_policy,
         )
         self.metadata.allow_clients(self.client.compute_security_group, "Metaflow Batch jobs")
+        self._monitor(config)
         CfnOutput(self, "MetaflowServiceUrl", value=self.metadata.service_url)
         if self.metadata.auth_key_secret is not None:
             CfnOutput(self, "MetaflowApiKeyId", value=self.metadata.api_key_id)
@@ -107,3 +117,47 @@ class MetaflowStack(Stack):
             "DataScientistPolicyArn",
             value=self.client.scientist_policy.managed_policy_arn,
         )
+
+    def _monitor(self, config: PlatformConfig) -> None:
+        """The metadata area: its database, its tasks, its API and its functions."""
+        thresholds = config.monitoring
+        alerts = AlertTarget(self, name_prefix=config.resource_prefix, area="metadata")
+        facade = alerts.monitoring
+        metadata = self.metadata
+        facade.monitor_rds_instance(
+            instance=metadata.database,
+            alarm_friendly_name="database",
+            human_readable_name="Metaflow metadata database",
+            add_cpu_usage_alarm={
+                "Cpu": UsageThreshold(max_usage_percent=thresholds.rds_cpu_percent)
+            },
+            add_free_storage_space_alarm={
+                "Storage": MinUsageCountThreshold(
+                    min_count=int(thresholds.rds_free_storage_gib * 1024**3)
+                )
+            },
+            add_max_connection_count_alarm={
+                "Connections": HighConnectionCountThreshold(
+                    max_connection_count=thresholds.rds_max_connections
+                )
+            },
+        )
+        facade.monitor_simple_fargate_service(
+            fargate_service=metadata.service,
+            alarm_friendly_name="service",
+            human_readable_name="Metaflow metadata service",
+        )
+        if metadata.api is not None:
+            facade.monitor_api_gateway(
+                api=metadata.api,
+                api_stage=metadata.api.deployment_stage.stage_name,
+                alarm_friendly_name="api",
+                human_readable_name="Metaflow metadata API",
+                add_latency_p99_alarm={
+                    "Latency": LatencyThreshold(
+                        max_latency=Duration.millis(thresholds.p99_latency_ms)
+                    )
+                },
+                add5_xx_fault_count_alarm={"Faults": ErrorCountThreshold(max_error_count=0)},
+            )
+        monitor_functions(alerts, metadata, max_errors=thresholds.lambda_errors)

@@ -6,6 +6,12 @@ from constructs import Construct
 
 from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.data_lake import bucket_name
+from cdk_constructs.model_monitoring import ModelMonitoring
+from cdk_constructs.monitoring import (
+    monitor_functions,
+    monitor_state_machines,
+    report_training_events,
+)
 from cdk_constructs.orchestrator import (
     RUN_DATE,
     DataTrigger,
@@ -159,15 +165,52 @@ class OrchestrationStack(Stack):
                 SignalTrigger(signal="features-requested", params={"reason": "manual"}),
             ),
         )
+        model_monitoring = config.monitoring.models
+        monitor_models = Workflow(
+            name="monitor-models",
+            description=(
+                "Hourly: drift of inputs and scores against each served version's training "
+                "baseline, and the online hit rate, published for the ML monitoring alarms"
+            ),
+            timeout=workflow_timeout,
+            steps=(
+                EmrStep(
+                    name="model-monitor",
+                    cluster_id=processing.spark.cluster_id,
+                    args=tuple(processing.model_monitor_args),
+                    timeout=emr_step_timeout,
+                ),
+            ),
+            triggers=(TimeTrigger(cron=model_monitoring.cron, timezone=orchestration.timezone),),
+        )
+        alerts = AlertTarget(self, name_prefix=config.resource_prefix, area="workflows")
         self.orchestrator = Orchestrator(
             self,
             "Orchestrator",
             name_prefix=config.resource_prefix,
-            workflows=[train_recommender, validate_features],
+            workflows=[train_recommender, validate_features, monitor_models],
             signals=SIGNALS,
-            alerts=AlertTarget(self, name_prefix=config.resource_prefix),
+            alerts=alerts,
             log_retention_days=config.network.flow_log_retention_days,
         )
+        # Sustained drift of a served model asks for its retraining.
+        self.model_monitoring = ModelMonitoring(
+            self,
+            "ModelMonitoring",
+            name_prefix=config.resource_prefix,
+            models=[model.name for model in config.serving.models],
+            config=model_monitoring,
+            alerts=alerts,
+            signal_publisher=self.orchestrator.signal_bus.publisher.function,
+        )
+        self.training_events = report_training_events(
+            self.model_monitoring,
+            alerts=alerts,
+            job_name_prefix=f"{config.resource_prefix}-",
+            dead_letter_queue=self.orchestrator.dead_letters,
+        )
+        monitor_state_machines(alerts, self.orchestrator.state_machines, area="workflows")
+        monitor_functions(alerts, self, max_errors=config.monitoring.lambda_errors)
         for name, machine in self.orchestrator.state_machines.items():
             CfnOutput(
                 self,

@@ -8,6 +8,7 @@ from aws_cdk import App, Environment, Tags, Validations
 from cdk_nag import AwsSolutionsChecks
 
 from cdk_constructs.base import ENV_TAG
+from cdk_constructs.monitoring import Overview, dashboard_areas, platform_alarm_names
 from platform_config import PlatformConfig
 from stacks.alerts_stack import AlertsStack
 from stacks.data_stack import DataStack
@@ -121,6 +122,7 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
     for stack in (
         data,
         processing,
+        metaflow,
         orchestration,
         *([serving] if serving else []),
         *model_services,
@@ -136,6 +138,15 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
         orchestration=orchestration,
         serving=serving,
         model_services=tuple(model_services),
+    )
+
+    # Last, so it lists the alarms of every stack above.
+    Overview(
+        alerts,
+        "Overview",
+        name_prefix=prefix,
+        alarm_names=platform_alarm_names(app, prefix),
+        areas=dashboard_areas(app, prefix),
     )
 
     Tags.of(app).add(ENV_TAG, config.env_name)

@@ -9,8 +9,11 @@ from cdk_constructs.base import acknowledge_wildcard_grants
 from cdk_constructs.data_lake import bucket_name
 from cdk_constructs.emr import REPO_ROOT, EmrTlsCertificates
 from cdk_constructs.flink_cluster import FlinkCluster
+from cdk_constructs.model_monitoring import grant_put_model_metrics
+from cdk_constructs.monitoring import monitor_emr, monitor_functions, monitor_kafka
 from cdk_constructs.orchestrator import RUN_DATE
 from cdk_constructs.spark_cluster import SparkCluster
+from cdk_constructs.training_service import MODELS_PREFIX
 from jobs import layout
 from platform_config import PlatformConfig
 from stacks.data_stack import DataStack
@@ -46,6 +49,7 @@ class ProcessingStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         key = data.data_lake.key
         kafka = streaming.kafka
+        self.kafka_cluster_name = kafka.cluster_name
         # Buckets by name: the policies below then name them literally (see bucket_name).
         self.add_stack_dependency(data)
         raw, curated, artifacts, logs_bucket = (
@@ -58,6 +62,8 @@ class ProcessingStack(Stack):
             for zone in ("raw", "curated", "artifacts", "logs")
         )
         log_retention_days = config.network.flow_log_retention_days
+        # Streaming (Kafka, Flink and its keeper) and batch processing each have a dashboard.
+        alerts = AlertTarget(self, name_prefix=config.resource_prefix, area="streaming")
         self.tls_certificates = EmrTlsCertificates(
             self,
             "EmrTls",
@@ -151,7 +157,7 @@ class ProcessingStack(Stack):
                 "--schema-path", self.flink.node_path(topic.schema_file),
                 "--checkpoint-dir", self.flink.checkpoint_url,
             ],
-            alerts=AlertTarget(self, name_prefix=config.resource_prefix),
+            alerts=alerts,
             log_retention_days=log_retention_days,
         )  # fmt: skip
         # The EMR step arguments of the batch jobs, which the workflow runs.
@@ -181,7 +187,63 @@ class ProcessingStack(Stack):
                 "--marker-path", curated.s3_url_for_object(feature_store.marker_key),
             ],
         )  # fmt: skip
+        # Spark -> CloudWatch: the model monitor reads the prediction log (raw zone, read
+        # above), the curated plays and each served version's baseline inside its artifact.
+        artifacts.grant_read(self.spark.instance_role, f"{MODELS_PREFIX}*")
+        acknowledge_wildcard_grants(
+            self.spark.instance_role,
+            {
+                rf"Resource::{bucket_arn}-artifacts-[^/]*/{MODELS_PREFIX}\*": (
+                    "The model monitor reads the baseline inside any served version's model "
+                    "artifact, whose key the training job names at run time."
+                ),
+            },
+        )
+        grant_put_model_metrics(self.spark.instance_role)
+        monitoring = config.monitoring.models
+        self.model_monitor_args = self.spark.spark_submit_step(
+            script="jobs/batch/model_monitor.py",
+            arguments=[
+                "--predictions", raw.s3_url_for_object(layout.PREDICTIONS_PREFIX),
+                "--interactions", curated.s3_url_for_object(layout.CURATED_PREFIX),
+                "--window-hours", str(monitoring.window_hours),
+                "--outcome-hours", str(monitoring.outcome_hours),
+                "--plays-lag-hours", str(monitoring.plays_lag_hours),
+                "--k", str(monitoring.top_k),
+                "--region", self.region,
+            ],
+        )  # fmt: skip
+
+        self._monitor(config, alerts)
         CfnOutput(self, "FlinkClusterId", value=self.flink.cluster_id)
         CfnOutput(self, "SparkClusterId", value=self.spark.cluster_id)
         CfnOutput(self, "FlinkJobStepArgs", value=self.to_json_string(self.flink_keeper.step_args))
         CfnOutput(self, "SparkJobStepArgs", value=self.to_json_string(self.spark_etl_args))
+
+    def _monitor(self, config: PlatformConfig, alerts: AlertTarget) -> None:
+        thresholds = config.monitoring
+        monitor_kafka(
+            alerts,
+            cluster_name=self.kafka_cluster_name,
+            broker_count=config.kafka.brokers_per_zone * len(config.availability_zones),
+            consumer_group=self.flink_consumer_group,
+            topic=config.kafka.topics[0].name,
+            config=thresholds,
+            area="streaming",
+        )
+        monitor_emr(
+            alerts, cluster_id=self.flink.cluster_id, label="flink", idle_hours=None,
+            area="streaming",
+        )  # fmt: skip
+        monitor_emr(
+            alerts,
+            cluster_id=self.spark.cluster_id,
+            label="spark",
+            # A cluster that ends itself when idle costs nothing idle for long.
+            idle_hours=(None if config.spark.idle_timeout_minutes else thresholds.spark_idle_hours),
+            area="processing",
+        )
+        monitor_functions(alerts, self.flink, max_errors=thresholds.lambda_errors)
+        monitor_functions(
+            alerts, self.tls_certificates, max_errors=thresholds.lambda_errors, area="processing"
+        )

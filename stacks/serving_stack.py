@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Stack
+from pathlib import Path
+
+from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
@@ -11,16 +14,22 @@ from cdk_constructs.model_serving import (
     ModelData,
     ModelService,
     ServingFront,
+    Telemetry,
     cluster_name,
     service_name,
     serving_image,
 )
+from cdk_constructs.monitoring import monitor_functions, monitor_state_machines
+from cdk_constructs.prometheus import PrometheusSink
 from cdk_constructs.training_service import MODELS_PREFIX
 from platform_config import PlatformConfig
 from platform_config.model import ServedModelConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 
+# The serving tasks' OpenTelemetry collector configuration (scrape the app, write to
+# Prometheus), passed to the collector in its environment.
+COLLECTOR_CONFIG = Path(__file__).resolve().parent.parent / "serving" / "otel-collector.yaml"
 # Parameters the CDK's default synthesizer adds to every stack.
 _SYNTHESIZER_PARAMETERS = ("BootstrapVersion",)
 
@@ -84,15 +93,18 @@ class ServingStack(Stack):
             for index, group in enumerate(model_groups(config))
             for model in group
         ]
+        alerts = AlertTarget(self, name_prefix=prefix, area="serving")
         self.delivery = Delivery(
             self,
             "Delivery",
             name_prefix=prefix,
             canary=serving.canary,
             delivery_targets=delivery_targets,
-            alerts=AlertTarget(self, name_prefix=prefix),
+            alerts=alerts,
             log_retention_days=serving.log_retention_days,
         )
+        monitor_state_machines(alerts, {"delivery": self.delivery.workflow}, area="serving")
+        monitor_functions(alerts, self, max_errors=config.monitoring.lambda_errors)
         CfnOutput(
             self,
             "ServingUrl",
@@ -132,8 +144,23 @@ class ModelServicesStack(Stack):
             bucket_name=bucket_name(config.bucket_prefix, "artifacts"),
             encryption_key=data.data_lake.key,
         )
+        raw = s3.Bucket.from_bucket_attributes(
+            self,
+            "RawBucket",
+            bucket_name=bucket_name(config.bucket_prefix, "raw"),
+            encryption_key=data.data_lake.key,
+        )
         image = serving_image(self)
-        alerts = AlertTarget(self, name_prefix=prefix)
+        telemetry = (
+            Telemetry(
+                collector_image=config.monitoring.otel_collector_image,
+                collector_config=COLLECTOR_CONFIG.read_text(),
+                sink=PrometheusSink.lookup(name_prefix=prefix),
+            )
+            if config.monitoring.prometheus
+            else None
+        )
+        alerts = AlertTarget(self, name_prefix=prefix, area=construct_id.removeprefix(f"{prefix}-"))
         online = data.online_store
         feature_store = data.feature_store
         self.services: dict[str, ModelService] = {}
@@ -157,7 +184,9 @@ class ModelServicesStack(Stack):
                     feature_group_name=(
                         feature_store.member_features_name if has_features else None
                     ),
+                    prediction_log_bucket=raw,
                 ),
+                telemetry=telemetry,
                 subnets=network.network.compute_subnets,
                 priority=first_priority + offset,
                 log_retention_days=config.serving.log_retention_days,
@@ -176,3 +205,27 @@ class ModelServicesStack(Stack):
                 log_retention_days=config.serving.log_retention_days,
             )
             self.services[model.name] = service
+            alerts.alarm(
+                name=f"{model.name}-unhealthy-targets",
+                title=f"Model {model.name}: unhealthy tasks behind the load balancer",
+                description=f"{model.name}: tasks failing the load balancer's health check",
+                metric=cloudwatch.MathExpression(
+                    expression="MAX([FILL(blue, 0), FILL(green, 0)])",
+                    using_metrics={
+                        color: service.target_metric(
+                            serving.front, group, "UnHealthyHostCount", statistic="Maximum"
+                        )
+                        for color, group in (("blue", service.blue), ("green", service.green))
+                    },
+                    period=Duration.minutes(1),
+                ),
+                threshold=0,
+                comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=5,
+            )
+            alerts.monitoring.monitor_simple_fargate_service(
+                fargate_service=service.service,
+                alarm_friendly_name=f"{model.name}-tasks",
+                human_readable_name=f"Model {model.name}: tasks",
+            )
+        monitor_functions(alerts, self, max_errors=config.monitoring.lambda_errors)

@@ -500,9 +500,14 @@ def test_only_the_keeper_reaches_the_resource_manager(each_env):
 
 
 def test_the_alarm_tells_the_alert_topic_when_the_job_stays_down(each_env):
-    _, alarm = keeper_resource(each_env, "AWS::CloudWatch::Alarm", "NotRunning")
-    properties = alarm["Properties"]
     env = each_env.config.env_name
+    (properties,) = [
+        r["Properties"]
+        for r in each_env.template_json("processing")["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        and r["Properties"].get("AlarmName")
+        == f"ml-platform-{env}-streaming-raw-ingest-not-running"
+    ]
     assert (properties["Namespace"], properties["MetricName"]) == (
         "MLPlatform/Streaming",
         "FlinkJobRunning",

@@ -34,6 +34,23 @@ TAG_CONTRACT = {
     "ModelRegistry": ("model-registry", "model-registry"),
     "FeatureStore": ("feature-store", "feature-store"),
     "Alerting": ("monitoring", "ml-monitoring"),
+    "Prometheus": ("monitoring", "ml-monitoring"),
+    "ModelMonitoring": ("monitoring", "ml-monitoring"),
+    "Overview": ("monitoring", "ml-monitoring"),
+    # Each stack's area dashboard and alarms (AreaMonitoring).
+    **{
+        f"{area}Monitoring": ("monitoring", "ml-monitoring")
+        for area in (
+            "Streaming",
+            "Processing",
+            "Data",
+            "Metadata",
+            "Workflows",
+            "Training",
+            "Serving",
+            "ServingModels1",
+        )
+    },
     "Serving": ("serving", "model-serving"),
     "ModelRecommender": ("serving", "model-serving"),
     "Delivery": ("spinnaker", "continuous-delivery"),
@@ -224,7 +241,7 @@ def test_dependency_chain_stays_short(each_env):
     assert names(platform.data) == ["alerts"]
     assert names(platform.streaming) == ["data", "network"]
     assert names(platform.processing) == ["alerts", "data", "network", "streaming"]
-    assert names(platform.metaflow) == ["data", "network"]
+    assert names(platform.metaflow) == ["alerts", "data", "network"]
     assert names(platform.orchestration) == ["alerts", "data", "network", "processing"]
     assert names(platform.serving) == ["alerts", "network"]
     (models,) = platform.model_services

@@ -120,8 +120,11 @@ def test_services_deploy_as_canaries_judged_by_the_hook_with_alarm_rollback(each
     }
     assert deployment["BakeTimeInMinutes"] == canary.bake_minutes
     assert deployment["MinimumHealthyPercent"] == 100
+    prefix = f"{each_env.config.resource_prefix}-serving-recommender"
     alarms = [
-        lid for lid in of_type(template, "AWS::CloudWatch::Alarm") if "TaskCountTarget" not in lid
+        lid
+        for lid, alarm in of_type(template, "AWS::CloudWatch::Alarm").items()
+        if alarm["Properties"].get("AlarmName") in (f"{prefix}-error-rate", f"{prefix}-p99-latency")
     ]
     assert len(alarms) == 2
     assert deployment["Alarms"]["Enable"] is True
@@ -185,7 +188,7 @@ def test_the_served_version_is_a_set_of_stack_parameters(each_env):
     for parameter in VERSION_PARAMETERS:
         assert parameters[f"Recommender{parameter.suffix}"]["Default"] == parameter.default
     _, task = only(template, "AWS::ECS::TaskDefinition")
-    (container,) = task["Properties"]["ContainerDefinitions"]
+    (container,) = [c for c in task["Properties"]["ContainerDefinitions"] if c["Name"] == "App"]
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert environment["MODEL_VERSION"] == {"Ref": "RecommenderVersion"}
     assert environment["MODEL_ARTIFACT_URI"] == {"Ref": "RecommenderArtifactUri"}
@@ -255,7 +258,13 @@ def test_the_task_role_reads_its_models_and_its_tables_only(each_env):
     assert "feature-group/" in by_action['"sagemaker:GetRecord"']
     s3_resources = " ".join(r for a, r in by_action.items() if "s3:" in a)
     assert f"models/{each_env.config.resource_prefix}-recommender/*" in s3_resources
-    assert not any("s3:PutObject" in a or "s3:Delete" in a for a in by_action)
+    assert not any("s3:Delete" in a for a in by_action)
+    # It writes only its prediction log, and nowhere in the artifacts bucket.
+    (put,) = [s for s in statements if "s3:PutObject" in json.dumps(s["Action"])]
+    written = json.dumps(put["Resource"])
+    assert "-raw-" in written
+    assert "-artifacts-" not in written
+    assert written.count("/predictions/model=recommender") == 2
 
 
 def realistic(value: dict) -> str:

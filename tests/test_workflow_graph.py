@@ -108,7 +108,7 @@ def test_a_diamond_workflow_synthesizes_to_a_parallel_block_and_a_join():
             )
         ],
         signals={},
-        alerts=AlertTarget(stack, name_prefix="bare"),
+        alerts=AlertTarget(stack, name_prefix="bare", area="workflows"),
         log_retention_days=7,
     )
     (machine,) = (

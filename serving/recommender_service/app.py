@@ -2,7 +2,8 @@
 
 ``create_app`` takes the settings (or the error that made them invalid) and the service's
 collaborators, so tests and the benchmark swap the store, the model loader and the cell
-assigner without touching the environment. Nothing starts before the app's lifespan does.
+assigner without touching the environment. Nothing starts before the app's lifespan does;
+with valid settings, the lifespan also serves the Prometheus metrics on ``METRICS_PORT``.
 
 Status codes: 422 for any request that does not fit :class:`RecommendationRequest`
 (malformed JSON included); 503 while no model is loaded; 500 only for a fault of the
@@ -17,14 +18,17 @@ import sys
 from collections.abc import AsyncIterator
 from typing import TextIO
 
+import boto3
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from serving.recommender_service.experiments import CellAssigner, NoExperiments
 from serving.recommender_service.features import FeatureReader, feature_store_client
-from serving.recommender_service.logs import LOGGER
-from serving.recommender_service.metrics import EmfMetrics
+from serving.recommender_service.logs import LOGGER, one_line
+from serving.recommender_service.metrics import EmfMetrics, Metrics
 from serving.recommender_service.model_source import load_ranker
+from serving.recommender_service.prediction_log import PredictionLog
+from serving.recommender_service.prometheus import MetricsServer, PrometheusMetrics
 from serving.recommender_service.schemas import (
     Health,
     ModelInfo,
@@ -42,6 +46,8 @@ from serving.recommender_service.settings import Settings, SettingsError
 from serving.recommender_service.store import MemberStore, connect_keyspaces
 
 METRICS_FLUSH_SECONDS = 1.0
+# The collector sidecar shares the task's network namespace; nothing else needs the metrics.
+METRICS_HOST = "127.0.0.1"
 NOT_READY = {503: {"model": Health, "description": "no model is loaded"}}
 
 
@@ -66,6 +72,17 @@ def feature_store_reader(settings: Settings) -> FeatureReader | None:
     )
 
 
+def s3_prediction_log(settings: Settings) -> PredictionLog | None:
+    """The prediction log in S3 when ``PREDICTION_LOG_URI`` is set, none otherwise."""
+    location = settings.prediction_log_location
+    if location is None:
+        return None
+    bucket, prefix = location
+    return PredictionLog(
+        s3_client=boto3.client("s3", region_name=settings.aws_region), bucket=bucket, prefix=prefix
+    )
+
+
 def create_app(
     settings: Settings | SettingsError,
     *,
@@ -74,23 +91,26 @@ def create_app(
     feature_reader: FeatureReader | None = None,
     cell_assigner: CellAssigner | None = None,
     metrics_stream: TextIO | None = None,
+    metrics_port: int | None = None,
 ) -> FastAPI:
     """Return the app; with valid settings its lifespan loads the model and starts workers.
 
-    ``feature_reader`` defaults to :func:`feature_store_reader` of the settings.
+    ``feature_reader`` defaults to :func:`feature_store_reader` of the settings;
+    ``metrics_port`` to ``METRICS_PORT`` (0: a free port the system picks, as tests use).
+    The port the metrics are served on is ``app.state.metrics_server.port`` once started.
     """
     service = None
     if isinstance(settings, Settings):
         service = RecommenderService(
             settings=settings,
-            metrics=EmfMetrics(
-                namespace=settings.metrics_namespace,
-                stream=sys.stdout if metrics_stream is None else metrics_stream,
+            metrics=_service_metrics(
+                settings, sys.stdout if metrics_stream is None else metrics_stream
             ),
             cell_assigner=NoExperiments() if cell_assigner is None else cell_assigner,
             feature_reader=(
                 feature_store_reader(settings) if feature_reader is None else feature_reader
             ),
+            prediction_log=s3_prediction_log(settings),
         )
 
     @contextlib.asynccontextmanager
@@ -99,6 +119,9 @@ def create_app(
             LOGGER.error("not ready: invalid settings: %s", settings)
             yield
             return
+        port = service.settings.metrics_port if metrics_port is None else metrics_port
+        metrics_server = _serve_metrics(service.metrics.prometheus, port)
+        app.state.metrics_server = metrics_server
         service.start(load_ranker=load_model, store_factory=store_factory)
         flusher = asyncio.create_task(_flush_metrics(service.metrics))
         try:
@@ -106,6 +129,8 @@ def create_app(
         finally:
             flusher.cancel()
             await asyncio.to_thread(service.stop)
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.stop)
 
     prefix = settings.url_prefix if isinstance(settings, Settings) else ""
     app = FastAPI(
@@ -118,6 +143,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.metrics_server = None
     _add_error_handlers(app, service, settings)
     app.include_router(_routes(service, settings), prefix=prefix)
     return app
@@ -207,7 +233,35 @@ def _not_ready_response(reason: str) -> JSONResponse:
     return JSONResponse(Health(status="not ready", reason=reason).model_dump(), status_code=503)
 
 
-async def _flush_metrics(metrics: EmfMetrics) -> None:
+def _service_metrics(settings: Settings, stream: TextIO) -> Metrics:
+    return Metrics(
+        emf=EmfMetrics(namespace=settings.metrics_namespace, stream=stream),
+        prometheus=PrometheusMetrics(
+            model_name=settings.model_name,
+            model_version=settings.model_version,
+            candidate_version=settings.candidate_model_version,
+        ),
+    )
+
+
+def _serve_metrics(metrics: PrometheusMetrics, port: int) -> MetricsServer | None:
+    """Start serving the Prometheus metrics; on failure, log it and serve without them."""
+    try:
+        server = MetricsServer(metrics.registry, host=METRICS_HOST, port=port)
+    # The answers do not depend on the metrics: a busy port must not take the service down.
+    except OSError as exc:
+        LOGGER.error(
+            "Prometheus metrics not served: cannot listen on %s:%d: %s",
+            METRICS_HOST,
+            port,
+            one_line(exc),
+        )
+        return None
+    server.start()
+    return server
+
+
+async def _flush_metrics(metrics: Metrics) -> None:
     # Without traffic nothing else would write the last figures.
     while True:
         await asyncio.sleep(METRICS_FLUSH_SECONDS)

@@ -1,4 +1,8 @@
-"""Metrics as CloudWatch embedded metric format (EMF) lines on stdout.
+"""Metrics as CloudWatch embedded metric format (EMF) lines on stdout, and for Prometheus.
+
+The service records each figure once, on :class:`Metrics`, which hands it to both: the EMF
+lines feed the CloudWatch alarms that roll a deployment back, the Prometheus registry of
+:mod:`serving.recommender_service.prometheus` feeds the dashboards.
 
 Printing a line per request would cost more than the request, so figures are aggregated per
 set of dimension values and written as one line per set at least every ``flush_seconds`` or
@@ -15,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
+
+from serving.recommender_service.prometheus import PrometheusMetrics
 
 MAX_VALUES = 100
 Dimensions = tuple[tuple[str, str], ...]
@@ -111,3 +117,39 @@ class EmfMetrics:
         for name, metric in metrics.items():
             document[name] = metric.total if metric.summed else metric.values
         return json.dumps(document, separators=(",", ":")) + "\n"
+
+
+class Metrics:
+    """Hands each figure to the EMF writer and to the Prometheus metrics."""
+
+    def __init__(self, *, emf: EmfMetrics, prometheus: PrometheusMetrics) -> None:
+        self.emf = emf
+        self.prometheus = prometheus
+
+    def observe(
+        self, dimensions: Mapping[str, str], name: str, value: float, unit: str = "None"
+    ) -> None:
+        """Record one value, e.g. a score."""
+        self.emf.observe(dimensions, name, value, unit)
+        self.prometheus.observe(dimensions, name, value)
+
+    def count(self, dimensions: Mapping[str, str], name: str, amount: float = 1) -> None:
+        """Add to a count, e.g. of dropped jobs."""
+        self.emf.count(dimensions, name, amount)
+        self.prometheus.count(dimensions, name, amount)
+
+    def answered(self, dimensions: Mapping[str, str], *, outcome: str, milliseconds: float) -> None:
+        """Record an answered request: ``Latency`` for EMF, latency and outcome for Prometheus.
+
+        The outcome is no EMF dimension: the alarms read ``Latency`` by model and version.
+        """
+        self.emf.observe(dimensions, "Latency", milliseconds, "Milliseconds")
+        self.prometheus.answered(dimensions, outcome=outcome, seconds=milliseconds / 1000)
+
+    def flush(self) -> None:
+        """Write every pending EMF line now (Prometheus is read when scraped)."""
+        self.emf.flush()
+
+    def flush_if_due(self) -> None:
+        """Write the pending EMF lines when their flush interval has passed."""
+        self.emf.flush_if_due()

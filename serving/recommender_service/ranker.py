@@ -7,8 +7,9 @@ model does not know gets the popularity baseline of training instead.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -42,6 +43,11 @@ class Ranker:
         self._title_vectors = model.title_embedding.weight.detach().numpy().copy()
         self._title_bias = model.title_bias.weight.detach().numpy()[:, 0].copy()
         counts = artifact.title_positives
+        # Each title's training positives by id, built once: the monitored inputs of every
+        # request are computed from them (training.recommender.inputs).
+        self.title_positives: Mapping[str, int] = MappingProxyType(
+            dict(zip(artifact.title_ids, counts.tolist(), strict=True))
+        )
         # Most positives first, ties to the lower row: the baseline training evaluates.
         self._popular_rows = np.lexsort((np.arange(len(counts)), -counts))
         self._popular_scores = counts[self._popular_rows].astype(np.float64)

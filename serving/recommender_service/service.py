@@ -2,8 +2,9 @@
 
 Per request: the member's experiment cell (if any) picks the model version; their recent
 titles come from the store within ``STORE_TIMEOUT_MS``; the model ranks the other titles.
-The response never waits for anything else: the prediction record, the shadow scoring of
-the candidate model and the feature-age read are queued for background threads, and a full
+The response never waits for anything else: the prediction record (for the predictions
+table and, with ``PREDICTION_LOG_URI``, the prediction log), the shadow scoring of the
+candidate model and the feature-age read are queued for background threads, and a full
 queue drops the item and counts the drop.
 
 Fallbacks, in the response's ``fallback`` field:
@@ -29,6 +30,7 @@ import hashlib
 import itertools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,8 +40,14 @@ from serving.recommender_service.background import BackgroundWorker
 from serving.recommender_service.experiments import Assignment, CellAssigner
 from serving.recommender_service.features import FeatureReader
 from serving.recommender_service.logs import LOGGER, one_line
-from serving.recommender_service.metrics import EmfMetrics
+from serving.recommender_service.metrics import Metrics
 from serving.recommender_service.model_source import ModelLoadError
+from serving.recommender_service.prediction_log import (
+    LOG_BATCH_RECORDS,
+    LOG_QUEUE_CAPACITY,
+    LoggedPrediction,
+    PredictionLog,
+)
 from serving.recommender_service.ranker import Ranker, Ranking
 from serving.recommender_service.settings import Settings
 from serving.recommender_service.store import MemberStore, PredictionRecord
@@ -62,9 +70,10 @@ class NotReadyError(Exception):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A loaded model version."""
+    """A loaded model version and where it was loaded from."""
 
     version: str
+    artifact_uri: str
     ranker: Ranker
 
 
@@ -84,10 +93,14 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class _ShadowRequest:
-    """An answered request the candidate is to rank too, with the history the answer used."""
+    """An answered request the candidate is to rank too, with the history the answer used.
+
+    The history is empty when it could not be read; ``store_fallback`` then says why.
+    """
 
     served: Recommendation
     history: list[str]
+    store_fallback: Fallback | None
     k: int
 
 
@@ -101,9 +114,10 @@ class RecommenderService:
         self,
         *,
         settings: Settings,
-        metrics: EmfMetrics,
+        metrics: Metrics,
         cell_assigner: CellAssigner,
         feature_reader: FeatureReader | None,
+        prediction_log: PredictionLog | None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -113,8 +127,16 @@ class RecommenderService:
         self.not_ready_reason = "the model is loading"
         self._cell_assigner = cell_assigner
         self._feature_reader = feature_reader
+        self._prediction_log = prediction_log
         self._writer: BackgroundWorker[PredictionRecord] = BackgroundWorker(
             name="prediction-writer", capacity=QUEUE_CAPACITY, handle=self._write_records
+        )
+        self._log_writer: BackgroundWorker[LoggedPrediction] = BackgroundWorker(
+            name="prediction-log",
+            capacity=LOG_QUEUE_CAPACITY,
+            handle=self._write_log,
+            interval=settings.prediction_log_flush_seconds,
+            max_batch=LOG_BATCH_RECORDS,
         )
         self._shadow: BackgroundWorker[_ShadowRequest] = BackgroundWorker(
             name="shadow-scorer", capacity=QUEUE_CAPACITY, handle=self._score_candidate
@@ -130,7 +152,7 @@ class RecommenderService:
 
     def start(self, *, load_ranker: LoadRanker, store_factory: StoreFactory) -> None:
         """Start the workers and the loading thread; returns at once."""
-        for worker in (self._writer, self._shadow, self._features):
+        for worker in self._workers():
             worker.start()
         self._loader = threading.Thread(
             target=self._load, args=(load_ranker, store_factory), name="loader", daemon=True
@@ -146,17 +168,21 @@ class RecommenderService:
         self._stopping.set()
         if self._loader is not None:
             self._loader.join(SHUTDOWN_SECONDS)
-        # The shadow scorer queues prediction records, so it stops before the writer.
-        for worker in (self._shadow, self._features, self._writer):
+        for worker in self._workers():
             worker.stop(SHUTDOWN_SECONDS)
         if self.store is not None:
             self.store.close()
         self.metrics.flush()
 
+    def _workers(self) -> tuple[BackgroundWorker, ...]:
+        # The shadow scorer queues prediction records, so it stops before the writers.
+        return (self._shadow, self._features, self._writer, self._log_writer)
+
     def _load(self, load_ranker: LoadRanker, store_factory: StoreFactory) -> None:
         settings = self.settings
+        uri = settings.model_artifact_uri
         try:
-            primary = ServedModel(settings.model_version, load_ranker(settings.model_artifact_uri))
+            primary = ServedModel(settings.model_version, uri, load_ranker(uri))
         # Any failure, expected (ModelLoadError) or not, must end in the one line that says why.
         except Exception as exc:
             reason = _describe(exc)
@@ -189,7 +215,7 @@ class RecommenderService:
         if version is None or uri is None:
             return
         try:
-            self.candidate = ServedModel(version, load_ranker(uri))
+            self.candidate = ServedModel(version, uri, load_ranker(uri))
         # The primary serves on whatever went wrong with the candidate.
         except Exception as exc:
             LOGGER.warning(
@@ -245,16 +271,20 @@ class RecommenderService:
             experiment=assignment.experiment if assignment else None,
             cell=assignment.cell if assignment else None,
         )
-        self._write(result)
+        self._write(result, model=served, history=None if store_fallback else history)
         if served is primary and self.in_shadow_sample(member_id):
-            request = _ShadowRequest(served=result, history=history, k=k)
+            request = _ShadowRequest(
+                served=result, history=history, store_fallback=store_fallback, k=k
+            )
             self._queue(self._shadow, request, "ShadowDropped", primary.version)
         if self._feature_reader is not None:
             self._queue(self._features, member_id, "FeatureReadDropped", served.version)
         dimensions = self._dimensions(served.version)
         self._record_ranking(dimensions, ranking, store_fallback)
-        self.metrics.observe(
-            dimensions, "Latency", (time.perf_counter() - started) * 1000, "Milliseconds"
+        self.metrics.answered(
+            dimensions,
+            outcome=result.fallback or "ok",
+            milliseconds=(time.perf_counter() - started) * 1000,
         )
         return result
 
@@ -321,11 +351,12 @@ class RecommenderService:
                 model_version=candidate.version,
                 title_ids=ranking.title_ids,
                 scores=ranking.scores,
-                fallback=None,
+                fallback="popularity" if ranking.popularity else request.store_fallback,
                 experiment=None,
                 cell=None,
             )
-            self._write(shadow)
+            history = None if request.store_fallback else request.history
+            self._write(shadow, model=candidate, history=history)
 
     def _read_feature_ages(self, member_ids: list[str]) -> None:
         reader = self._feature_reader
@@ -344,8 +375,14 @@ class RecommenderService:
             else:
                 self.metrics.observe(dimensions, "FeatureAge", age, "Seconds")
 
-    def _write(self, result: Recommendation) -> None:
-        if self.store is None:
+    def _write(
+        self, result: Recommendation, *, model: ServedModel, history: list[str] | None
+    ) -> None:
+        """Queue the record of ``result`` for the table and the log, where they are configured.
+
+        ``history`` is the one ``model`` ranked with, or None when it could not be read.
+        """
+        if self.store is None and self._prediction_log is None:
             return
         record = PredictionRecord(
             member_id=result.member_id,
@@ -357,7 +394,17 @@ class RecommenderService:
             experiment=result.experiment,
             cell=result.cell,
         )
-        self._queue(self._writer, record, "PredictionWriteDropped", result.model_version)
+        if self.store is not None:
+            self._queue(self._writer, record, "PredictionWriteDropped", result.model_version)
+        if self._prediction_log is not None:
+            entry = LoggedPrediction(
+                record=record,
+                model_artifact_uri=model.artifact_uri,
+                fallback=result.fallback,
+                history=history,
+                title_positives=model.ranker.title_positives,
+            )
+            self._queue(self._log_writer, entry, "PredictionLogDropped", result.model_version)
 
     def _write_records(self, records: list[PredictionRecord]) -> None:
         store = self.store
@@ -370,6 +417,14 @@ class RecommenderService:
             failed = records
         for record in failed:
             self.metrics.count(self._dimensions(record.model_version), "PredictionWriteError")
+
+    def _write_log(self, entries: list[LoggedPrediction]) -> None:
+        prediction_log = self._prediction_log
+        if prediction_log is None:
+            return
+        lost = Counter(entry.record.model_version for entry in prediction_log.write(entries))
+        for version, records in lost.items():
+            self.metrics.count(self._dimensions(version), "PredictionLogWriteError", records)
 
     def _queue(
         self, worker: BackgroundWorker[_Item], item: _Item, dropped: str, version: str

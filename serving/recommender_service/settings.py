@@ -17,9 +17,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
 
 DEFAULT_PORT = 8080
+# The port OpenTelemetry's Prometheus exporters default to.
+DEFAULT_METRICS_PORT = 9464
 DEFAULT_METRICS_NAMESPACE = "MLPlatform/Serving"
 UNSET_VALUES = ("", "none")
-_S3_TARBALL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.+\.tar\.gz)")
+_S3_BUCKET = r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/"
+_S3_TARBALL = re.compile(_S3_BUCKET + r"(?P<key>.+\.tar\.gz)")
+# A key prefix of whole folders: empty, or names that each end with a slash.
+_S3_FOLDER = re.compile(_S3_BUCKET + r"(?P<prefix>([^/\s]+/)*)")
 
 Text = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -55,6 +60,11 @@ class Settings(BaseModel):
     )
     store_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
     port: Annotated[int, Field(ge=1, le=65_535)] = DEFAULT_PORT
+    # Prometheus metrics, on a port of their own that the load balancer does not route to.
+    metrics_port: Annotated[int, Field(ge=1, le=65_535)] = DEFAULT_METRICS_PORT
+    # Where every prediction record is also appended, for model monitoring; unset: nowhere.
+    prediction_log_uri: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    prediction_log_flush_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # The path every route is under, e.g. /title-recommender behind a load balancer rule
     # that forwards /title-recommender/* without stripping it.
     url_prefix: Annotated[str, Field(pattern=r"^(/[A-Za-z0-9._~-]+)*$", max_length=256)] = ""
@@ -71,6 +81,13 @@ class Settings(BaseModel):
             )
         if self.candidate_model_version == self.model_version:
             problems.append("CANDIDATE_MODEL_VERSION must differ from MODEL_VERSION")
+        if self.prediction_log_uri is not None and split_s3_folder(self.prediction_log_uri) is None:
+            problems.append(
+                f"PREDICTION_LOG_URI={self.prediction_log_uri!r} must be s3://<bucket>/<prefix>/,"
+                " ending with /"
+            )
+        if self.metrics_port == self.port:
+            problems.append("METRICS_PORT must differ from PORT")
         if self.metrics_namespace.startswith("AWS/"):
             problems.append("METRICS_NAMESPACE must not start with AWS/, which AWS reserves")
         if self.shadow_fraction > 0 and self.candidate_model_version is None:
@@ -88,6 +105,11 @@ class Settings(BaseModel):
     @property
     def store_timeout_seconds(self) -> float:
         return self.store_timeout_ms / 1000
+
+    @property
+    def prediction_log_location(self) -> tuple[str, str] | None:
+        """``(bucket, prefix)`` of ``PREDICTION_LOG_URI``, or None when it is unset."""
+        return split_s3_folder(self.prediction_log_uri) if self.prediction_log_uri else None
 
 
 def read_settings(environ: Mapping[str, str]) -> Settings | SettingsError:
@@ -112,6 +134,12 @@ def split_s3_uri(uri: str) -> tuple[str, str] | None:
     """Return ``(bucket, key)`` of an ``s3://bucket/key.tar.gz`` URI, or None for a path."""
     match = _S3_TARBALL.fullmatch(uri)
     return (match["bucket"], match["key"]) if match else None
+
+
+def split_s3_folder(uri: str) -> tuple[str, str] | None:
+    """Return ``(bucket, prefix)`` of an ``s3://bucket/prefix/`` URI, or None for another."""
+    match = _S3_FOLDER.fullmatch(uri)
+    return (match["bucket"], match["prefix"]) if match else None
 
 
 def _uri_problems(variable: str, uri: str | None) -> list[str]:

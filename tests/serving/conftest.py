@@ -71,6 +71,8 @@ def start_app(model_dir: Path) -> Iterator[StartApp]:
             environment = {**BASE_ENVIRONMENT, "MODEL_ARTIFACT_URI": str(model_dir), **(env or {})}
             output = io.StringIO()
             kwargs.setdefault("store_factory", lambda settings: store)
+            # A free port each: apps run side by side, and other test runs share the host.
+            kwargs.setdefault("metrics_port", 0)
             app = create_app(read_settings(environment), metrics_stream=output, **kwargs)
             client = stack.enter_context(
                 TestClient(app, raise_server_exceptions=raise_server_exceptions)

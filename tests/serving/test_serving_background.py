@@ -81,3 +81,45 @@ def test_an_item_after_an_idle_spell_is_still_handled() -> None:
     worker.submit(7)
     worker.stop(5.0)
     assert batches == [[7]]
+
+
+def test_a_full_batch_is_handed_over_without_waiting_for_the_interval() -> None:
+    handed = threading.Event()
+    batches: list[list[int]] = []
+
+    def handle(batch: list[int]) -> None:
+        batches.append(batch)
+        handed.set()
+
+    worker = BackgroundWorker(
+        name="test-worker", capacity=10, handle=handle, interval=3600.0, max_batch=3
+    )
+    worker.start()
+    for item in range(3):
+        assert worker.submit(item)
+    assert handed.wait(5.0)
+    assert batches == [[0, 1, 2]]
+    worker.stop(5.0)
+    assert batches == [[0, 1, 2]]
+
+
+def test_batches_hold_at_most_max_batch_items_and_stop_hands_over_the_rest() -> None:
+    batches: list[list[int]] = []
+    six_handed = threading.Event()
+
+    def handle(batch: list[int]) -> None:
+        batches.append(batch)
+        if sum(len(b) for b in batches) == 6:
+            six_handed.set()
+
+    worker = BackgroundWorker(
+        name="test-worker", capacity=10, handle=handle, interval=3600.0, max_batch=3
+    )
+    for item in range(7):
+        assert worker.submit(item)
+    worker.start()
+    # Two full batches go at once; the seventh item waits for the interval or for stop().
+    assert six_handed.wait(5.0)
+    assert batches == [[0, 1, 2], [3, 4, 5]]
+    worker.stop(5.0)
+    assert batches == [[0, 1, 2], [3, 4, 5], [6]]

@@ -20,8 +20,9 @@ from packaging.version import Version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVING = REPO_ROOT / "serving"
-# The files of the training code that the app imports (artifact.py and what it imports).
-TRAINING_MODULES = ("artifact.py", "model.py")
+# The files of the training code that the app imports (artifact.py and what it imports, and
+# the monitored inputs of the prediction log).
+TRAINING_MODULES = ("artifact.py", "model.py", "inputs.py")
 
 
 def instructions() -> list[tuple[str, str]]:

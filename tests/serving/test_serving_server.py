@@ -61,7 +61,10 @@ def test_the_app_serves_over_http_and_shuts_down_cleanly(
         "URL_PREFIX": "/title-recommender",
     }
     app = create_app(
-        read_settings(environment), store_factory=lambda s: store, metrics_stream=output
+        read_settings(environment),
+        store_factory=lambda s: store,
+        metrics_stream=output,
+        metrics_port=0,
     )
     with serve_in_thread(app) as port:
         assert app.state.service.wait_until_loaded(LOAD_TIMEOUT_SECONDS)
@@ -75,6 +78,14 @@ def test_the_app_serves_over_http_and_shuts_down_cleanly(
                 "/recommendations", content=b"{", headers={"content-type": "application/json"}
             )
             assert refused.status_code == 422
+            # The metrics are on their own port, which the load balancer does not route to.
+            assert client.get("/metrics").status_code == 404
+        metrics_port = app.state.metrics_server.port
+        assert metrics_port != port
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5.0)
+        assert 'recommender_requests_total{model="title-recommender",model_version="7",' in (
+            scraped.text
+        )
         assert healthcheck.is_ready(port, "/title-recommender")
         assert not healthcheck.is_ready(port)
         # The container's check reads the port and prefix from the task's environment.
@@ -83,8 +94,11 @@ def test_the_app_serves_over_http_and_shuts_down_cleanly(
         assert healthcheck.main() == 0
         monkeypatch.setenv("URL_PREFIX", "/other-model")
         assert healthcheck.main() == 1
-    # Shutdown ran the queued write, closed the store and wrote the pending metrics.
+    # Shutdown ran the queued write, closed the store, wrote the pending metrics and stopped
+    # serving the Prometheus ones.
     assert store.closed
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5.0)
     assert [record.member_id for record in store.predictions] == ["m0"]
     assert '"Latency":[' in output.getvalue()
 

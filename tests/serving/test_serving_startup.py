@@ -75,6 +75,8 @@ def test_settings_defaults_and_empty_variables() -> None:
         None,
     )
     assert (settings.feature_group_name, settings.url_prefix) == (None, "")
+    assert (settings.metrics_port, settings.prediction_log_uri) == (9464, None)
+    assert (settings.prediction_log_flush_seconds, settings.prediction_log_location) == (60, None)
 
 
 def test_the_stacks_placeholders_mean_unset() -> None:
@@ -119,8 +121,11 @@ def test_settings_read_every_variable() -> None:
             "METRICS_NAMESPACE": "Team/Recs",
             "STORE_TIMEOUT_MS": "80",
             "PORT": "9000",
+            "METRICS_PORT": "9100",
             "URL_PREFIX": "/title-recommender",
             "MODEL_PACKAGE_ARN": "arn:aws:sagemaker:us-east-1:123456789012:model-package/r/7",
+            "PREDICTION_LOG_URI": "s3://mlp-dev-monitoring/predictions/",
+            "PREDICTION_LOG_FLUSH_SECONDS": "30",
         }
     )
     assert isinstance(settings, Settings)
@@ -140,9 +145,13 @@ def test_settings_read_every_variable() -> None:
         "metrics_namespace": "Team/Recs",
         "store_timeout_ms": 80,
         "port": 9000,
+        "metrics_port": 9100,
+        "prediction_log_uri": "s3://mlp-dev-monitoring/predictions/",
+        "prediction_log_flush_seconds": 30.0,
         "url_prefix": "/title-recommender",
     }
     assert settings.store_timeout_seconds == 0.08
+    assert settings.prediction_log_location == ("mlp-dev-monitoring", "predictions/")
 
 
 @pytest.mark.parametrize(
@@ -176,6 +185,25 @@ def test_settings_read_every_variable() -> None:
             "CANDIDATE_MODEL_VERSION must differ from MODEL_VERSION",
         ),
         ({"SHADOW_FRACTION": "0.1"}, "SHADOW_FRACTION above 0 needs a candidate model"),
+        ({"METRICS_PORT": "8080"}, "METRICS_PORT must differ from PORT"),
+        ({"METRICS_PORT": "70000"}, "METRICS_PORT='70000': Input should be less than or equal"),
+        (
+            {"PREDICTION_LOG_URI": "s3://mlp-dev-monitoring/predictions"},
+            "PREDICTION_LOG_URI='s3://mlp-dev-monitoring/predictions' must be "
+            "s3://<bucket>/<prefix>/, ending with /",
+        ),
+        (
+            {"PREDICTION_LOG_URI": "/var/log/predictions/"},
+            "PREDICTION_LOG_URI='/var/log/predictions/' must be s3://<bucket>/<prefix>/",
+        ),
+        (
+            {"PREDICTION_LOG_URI": "s3://mlp-dev-monitoring//"},
+            "PREDICTION_LOG_URI='s3://mlp-dev-monitoring//' must be s3://<bucket>/<prefix>/",
+        ),
+        (
+            {"PREDICTION_LOG_FLUSH_SECONDS": "0"},
+            "PREDICTION_LOG_FLUSH_SECONDS='0': Input should be greater than 0",
+        ),
     ],
 )
 def test_invalid_settings_name_the_variable(overrides: dict[str, str], message: str) -> None:

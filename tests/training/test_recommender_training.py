@@ -277,6 +277,7 @@ def test_module_cli_reads_the_sagemaker_environment(planted_channel: Path, tmp_p
         "id_maps.json",
         "popularity.json",
         "metrics.json",
+        "baseline.json",
     }
 
 

@@ -14,7 +14,8 @@ plain process (``python train.py`` or ``python -m training.recommender.train``).
 3. evaluates recall@k and NDCG@k on the holdout for the model and a popularity baseline, and
    fails when ``--min-recall`` is given and not reached;
 4. only then writes the model folder (``model.pt``, ``id_maps.json``, ``popularity.json`` and
-   ``metrics.json``, see :mod:`artifact`) and ``metrics.json`` to the output data folder.
+   ``metrics.json``, see :mod:`artifact`, and the drift baseline ``baseline.json``, see
+   :mod:`baseline`) and ``metrics.json`` to the output data folder.
 
 Only the leader process (rank 0) reads and writes checkpoints, evaluates, prints the log and
 the ``METRIC <name>=<value>`` lines for SageMaker's metric definitions, and writes files. A
@@ -40,10 +41,11 @@ import numpy as np
 import torch
 
 if __package__:
-    from . import artifact, checkpoints, data, data_parallel, evaluation
+    from . import artifact, baseline, checkpoints, data, data_parallel, evaluation
     from .model import MatrixFactorization, NegativeSampler, make_optimizer, train_epoch
 else:  # SageMaker runs train.py as a script from the source directory, outside any package.
     import artifact
+    import baseline
     import checkpoints
     import data
     import data_parallel
@@ -310,8 +312,8 @@ def _evaluate_and_write(
             "no model written"
         )
     if layout.is_leader:
-        _write_artifacts(args, model, split, metrics)
-        console.log(f"wrote {', '.join(artifact.ARTIFACT_FILES)} to {args.model_dir}")
+        written = _write_artifacts(args, model, split, metrics, process)
+        console.log(f"wrote {', '.join(written)} to {args.model_dir}")
     return metrics
 
 
@@ -383,16 +385,33 @@ def _write_artifacts(
     model: MatrixFactorization,
     split: data.TrainingSplit,
     metrics: dict[str, float | int],
-) -> None:
+    process: _Process,
+) -> tuple[str, ...]:
+    """Write the model folder and the copy of ``metrics.json``; return the folder's files."""
+    title_positives = np.bincount(split.train_titles, minlength=split.num_titles)
+    # Computed before anything is written, so a failure leaves no partial model folder. A
+    # model without a baseline still serves; the monitor reports its baseline missing.
+    try:
+        drift_baseline = baseline.build(
+            model=model, split=split, title_positives=title_positives, device=process.device
+        )
+    except baseline.BaselineError as exc:
+        process.console.log(f"no {baseline.BASELINE_FILE}: {_one_line(exc)}")
+        drift_baseline = None
     artifact.save(
         args.model_dir,
         model=model,
         member_ids=split.member_ids,
         title_ids=split.title_ids,
-        title_positives=np.bincount(split.train_titles, minlength=split.num_titles),
+        title_positives=title_positives,
         metrics=metrics,
     )
+    written = artifact.ARTIFACT_FILES
+    if drift_baseline is not None:
+        baseline.write(args.model_dir, drift_baseline)
+        written = (*written, baseline.BASELINE_FILE)
     artifact.write_metrics(args.output_data_dir, metrics)
+    return written
 
 
 def _make_gpu_deterministic() -> None:
