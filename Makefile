@@ -8,6 +8,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# What synth needs (CDK, cdk-nag, pydantic, Node) and, on top, what the tests need.
+SYNTH_STAMP := $(VENV)/.installed-synth
 STAMP := $(VENV)/.installed
 # PyFlink 1.20 pins numpy and pyarrow too old for .venv, so its test has a venv of its own.
 FLINK_VENV := .venv-flink
@@ -17,6 +19,8 @@ FLINK_STAMP := $(FLINK_VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_REQUIREMENTS := tests/checkov/requirements.txt
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# Both environments' cloud assemblies as the tests synthesized them, for the checkov scan.
+ASSEMBLY := .make/assembly
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # The CLI would otherwise phone home for notices and telemetry; synth stays offline.
 export CDK_DISABLE_CLI_TELEMETRY := true
@@ -26,14 +30,18 @@ CONFIG ?=
 CDK_CONTEXT := -c env=$(ENV) $(if $(CONFIG),-c config=$(CONFIG))
 CDK := npx --no-install cdk --no-notices
 
-.PHONY: install synth test test-flink test-checkov lint format bench bench-serving bench-training diff deploy clean
+.PHONY: install synth test test-infra test-workload test-flink test-checkov scan-checkov browser lint format bench bench-serving bench-training diff deploy clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json
+$(SYNTH_STAMP): requirements.txt package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(STAMP): $(SYNTH_STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 # The requirements file pulls in the EMR Flink requirements with -r, so those count too.
@@ -49,7 +57,7 @@ $(CHECKOV_STAMP): $(CHECKOV_REQUIREMENTS)
 		-r $(CHECKOV_REQUIREMENTS)
 	touch $@
 
-synth: $(STAMP)
+synth: $(SYNTH_STAMP)
 	$(CDK) synth --quiet $(CDK_CONTEXT)
 	@echo "Templates for '$(ENV)' are in cdk.out/"
 
@@ -57,10 +65,26 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(BIN)/python -m pytest
-	$(MAKE) --no-print-directory test-flink
-	$(MAKE) --no-print-directory test-checkov
+# Two pytest processes at once, one per core: the infrastructure tests (tests/test_*.py, which
+# synthesize each environment once and leave the templates where the checkov scan reads
+# them) and the workload tests (jobs, training, serving, ABlaze, handlers); then the PyFlink
+# test and the scan, at once. -O keeps each one's output together.
+test: lint $(FLINK_STAMP) $(CHECKOV_STAMP) browser
+	$(MAKE) --no-print-directory -j2 -O test-infra test-workload
+	$(MAKE) --no-print-directory -j2 -O test-flink scan-checkov
+
+test-infra: $(STAMP)
+	ML_PLATFORM_TEST_ASSEMBLY=$(CURDIR)/$(ASSEMBLY) $(BIN)/python -m pytest tests/test_*.py
+
+test-workload: $(STAMP)
+	$(BIN)/python -m pytest $(wildcard tests/*/)
+
+# The browser tests of ABlaze's results page drive Debian's Chromium (as root, installed here
+# when missing; otherwise: sudo apt-get install chromium).
+browser:
+	@command -v chromium >/dev/null || { \
+		echo "Installing Chromium (Debian package) for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # --noconftest: tests/conftest.py imports the CDK, which .venv-flink does not have.
 test-flink: $(FLINK_STAMP)
@@ -69,15 +93,18 @@ test-flink: $(FLINK_STAMP)
 # Both shipped environments, synthesized by .venv and scanned by .venv-checkov; any finding
 # not skipped on its resource with a reason (or listed in tests/checkov/pending.txt) fails.
 test-checkov: $(STAMP) $(CHECKOV_STAMP)
-	out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
-	$(BIN)/python -m tools.synth_templates --out "$$out" dev prod && \
-	$(CHECKOV_VENV)/bin/python tests/checkov/scan.py "$$out/dev" "$$out/prod"
+	$(BIN)/python -m tools.synth_templates --out $(ASSEMBLY) dev prod
+	$(MAKE) --no-print-directory scan-checkov
+
+# Scans the templates that pytest (or test-checkov) left in $(ASSEMBLY).
+scan-checkov: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/python tests/checkov/scan.py $(ASSEMBLY)/dev $(ASSEMBLY)/prod
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)
+bench: $(SYNTH_STAMP)
 	$(BIN)/python tools/bench_synth.py
 
 bench-serving: $(STAMP)
@@ -86,10 +113,10 @@ bench-serving: $(STAMP)
 bench-training: $(STAMP)
 	$(BIN)/python tools/bench_training.py
 
-diff: $(STAMP)
+diff: $(SYNTH_STAMP)
 	$(CDK) diff --all $(CDK_CONTEXT)
 
-deploy: $(STAMP)
+deploy: $(SYNTH_STAMP)
 	$(CDK) deploy --all --concurrency 4 --require-approval broadening $(CDK_CONTEXT)
 
 clean:

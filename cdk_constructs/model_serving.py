@@ -44,6 +44,7 @@ from cdk_constructs.base import (
     log_retention,
     skip_checkov,
 )
+from cdk_constructs.experimentation import ExperimentTables
 from cdk_constructs.prometheus import PrometheusSink
 from jobs.layout import PREDICTIONS_PREFIX
 from platform_config.model import CanaryConfig, ServedModelConfig
@@ -280,6 +281,8 @@ class ModelData:
     feature_group_name: str | None
     # The lake's raw zone, where every prediction record is also logged for the model monitor.
     prediction_log_bucket: s3.IBucket | None = None
+    # ABlaze's tables, whose running experiments on the model's surface serving allocates by.
+    experiments: ExperimentTables | None = None
 
 
 def render_collector_config(template: str, values: dict[str, str]) -> str:
@@ -422,6 +425,11 @@ class ModelService(PlatformContainer):
             )
         if telemetry is not None:
             environment["METRICS_PORT"] = str(METRICS_PORT)
+        if data.experiments is not None:
+            # A model's experiments run on the surface named after it.
+            environment["EXPERIMENTS_TABLE"] = data.experiments.experiments.table_name
+            environment["EXPERIMENT_SURFACE"] = model
+            environment["AWS_REGION"] = Stack.of(self).region
         task_definition.add_container(
             "App",
             image=image,
@@ -572,6 +580,8 @@ class ModelService(PlatformContainer):
 
     def _grant_data(self, role: iam.IRole, data: ModelData) -> None:
         data.artifacts_bucket.grant_read(role, f"{data.artifacts_prefix}*")
+        if data.experiments is not None:
+            data.experiments.grant_read_running(role)
         if data.prediction_log_bucket is not None:
             # Its own records and its shadow's, each under the model's own folder.
             for logged_model in (self.model, f"{self.model}{SHADOW_MODEL_SUFFIX}"):

@@ -23,12 +23,14 @@ from constructs import Construct, IConstruct
 
 from cdk_constructs.alerting import AlertTarget, dashboard_name
 from cdk_constructs.base import PlatformContainer
+from cdk_constructs.experimentation import ExperimentationService
 from cdk_constructs.function import PlatformFunction
 from platform_config.model import MonitoringConfig
 
 Gt = cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
 Lt = cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD
 FIVE_MINUTES = Duration.minutes(5)
+EXPERIMENTATION_AREA = "experimentation"
 
 
 def monitor_kafka(
@@ -250,6 +252,52 @@ def monitor_state_machines(
             add_aborted_execution_count_alarm={
                 "Aborted": ErrorCountThreshold(max_error_count=0, **once)
             },
+        )
+
+
+def monitor_experimentation(alerts: AlertTarget, *, service: ExperimentationService) -> None:
+    """ABlaze: its tasks behind the load balancer (failing health checks, 5xx answers) and
+    its functions' errors through the shared rule; the tables through DynamoDB's metrics."""
+    facade = alerts.dashboard(EXPERIMENTATION_AREA)
+    facade.monitor_simple_fargate_service(
+        fargate_service=service.service,
+        alarm_friendly_name="ablaze-tasks",
+        human_readable_name="ABlaze tasks",
+    )
+    group = service.target_group
+
+    def target_metric(name: str, statistic: str) -> cloudwatch.IMetric:
+        return group.metrics.custom(name, statistic=statistic, period=FIVE_MINUTES)
+
+    alerts.alarm(
+        area=EXPERIMENTATION_AREA,
+        name="ablaze-unhealthy-targets",
+        title="ABlaze tasks failing the health check",
+        description="ABlaze tasks fail the load balancer's health check",
+        metric=target_metric("UnHealthyHostCount", "Maximum"),
+        threshold=0,
+        comparison=Gt,
+        evaluation_periods=3,
+    )
+    alerts.alarm(
+        area=EXPERIMENTATION_AREA,
+        name="ablaze-5xx",
+        title="ABlaze 5xx answers",
+        description="The ABlaze API answered with server errors",
+        metric=target_metric("HTTPCode_Target_5XX_Count", "Sum"),
+        threshold=0,
+        comparison=Gt,
+        evaluation_periods=2,
+    )
+    for table, label in (
+        (service.tables.experiments, "experiments"),
+        (service.tables.results, "results"),
+    ):
+        facade.monitor_dynamo_table(
+            table=table,
+            alarm_friendly_name=f"ablaze-{label}-table",
+            human_readable_name=f"ABlaze {label} table",
+            add_system_error_count_alarm={"SystemErrors": ErrorCountThreshold(max_error_count=0)},
         )
 
 

@@ -682,6 +682,15 @@ class ModelMonitoringConfig(StrictModel):
     many consecutive hourly figures: a short burst of unusual traffic retrains nothing."""
 
 
+class ExperimentationConfig(StrictModel):
+    """ABlaze: when its analysis runs (it can also be asked for with the
+    `analysis-requested` signal)."""
+
+    analysis_cron: str = Field(default="0 6 * * ? *", pattern=r"^\S+ \S+ \S+ \S+ \S+ \S+$")
+    """EventBridge Scheduler cron, in the orchestrator's timezone: after the daily ETL has
+    curated the previous day's plays."""
+
+
 class MonitoringConfig(StrictModel):
     """Thresholds of the infrastructure alarms (sensible defaults; per environment in its
     config file) and the Prometheus and Grafana switches."""
@@ -748,6 +757,7 @@ class PlatformConfig(StrictModel):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     emr_tls: EmrTlsConfig = Field(default_factory=EmrTlsConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    experimentation: ExperimentationConfig = Field(default_factory=ExperimentationConfig)
 
     @field_validator("availability_zones")
     @classmethod

@@ -7,6 +7,7 @@ from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.base import stateful_removal_policy
 from cdk_constructs.data_catalog import DataCatalog
 from cdk_constructs.data_lake import DataLake
+from cdk_constructs.experimentation import ExperimentStore
 from cdk_constructs.feature_store import FeatureStore
 from cdk_constructs.model_registry import ModelRegistry
 from cdk_constructs.monitoring import monitor_functions, monitor_keyspaces
@@ -71,6 +72,15 @@ class DataStack(Stack):
                 **{m.name: f"Served model {m.name}" for m in config.serving.models},
                 "recommender": "Member x title recommender (implicit-feedback embeddings)",
             },
+            removal_policy=removal_policy,
+        )
+        # ABlaze's experiments and results, kept with the other stateful resources.
+        self.experiments = ExperimentStore(
+            self,
+            "Experiments",
+            name_prefix=config.resource_prefix,
+            encryption_key=self.data_lake.key,
+            protect=config.protect_stateful_resources,
             removal_policy=removal_policy,
         )
         alerts = AlertTarget(self, name_prefix=config.resource_prefix, area="data")

@@ -37,7 +37,11 @@ from stacks.network_stack import NetworkStack
 from stacks.processing_stack import ProcessingStack
 
 # Named signals and the parameters each must carry (Maestro-style signal triggers).
-SIGNALS = {"retrain-requested": ["model"], "features-requested": ["reason"]}
+SIGNALS = {
+    "retrain-requested": ["model"],
+    "features-requested": ["reason"],
+    "analysis-requested": ["reason"],
+}
 # A backfilled day is complete when its _SUCCESS marker lands under this raw-zone prefix.
 BACKFILL_PREFIX = "backfill/member_interactions/"
 
@@ -183,12 +187,34 @@ class OrchestrationStack(Stack):
             ),
             triggers=(TimeTrigger(cron=model_monitoring.cron, timezone=orchestration.timezone),),
         )
+        analyze_experiments = Workflow(
+            name="analyze-experiments",
+            description=(
+                "Daily, after the day's plays are curated, and on demand: each running or "
+                "recently stopped experiment's exposures and outcomes, per cell, for ABlaze"
+            ),
+            timeout=workflow_timeout,
+            steps=(
+                EmrStep(
+                    name="experiment-analysis",
+                    cluster_id=processing.spark.cluster_id,
+                    args=tuple(processing.experiment_analysis_args),
+                    timeout=emr_step_timeout,
+                ),
+            ),
+            triggers=(
+                TimeTrigger(
+                    cron=config.experimentation.analysis_cron, timezone=orchestration.timezone
+                ),
+                SignalTrigger(signal="analysis-requested", params={"reason": "manual"}),
+            ),
+        )
         alerts = AlertTarget(self, name_prefix=config.resource_prefix, area="workflows")
         self.orchestrator = Orchestrator(
             self,
             "Orchestrator",
             name_prefix=config.resource_prefix,
-            workflows=[train_recommender, validate_features, monitor_models],
+            workflows=[train_recommender, validate_features, monitor_models, analyze_experiments],
             signals=SIGNALS,
             alerts=alerts,
             log_retention_days=config.network.flow_log_retention_days,

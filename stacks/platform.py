@@ -98,7 +98,12 @@ def build_platform(app: App, config: PlatformConfig) -> Platform:
     serving, model_services = None, []
     if config.serving.models:
         serving = ServingStack(
-            app, f"{prefix}-serving", config=config, network=network, **stack_props("serving")
+            app,
+            f"{prefix}-serving",
+            config=config,
+            network=network,
+            data=data,
+            **stack_props("serving"),
         )
         first_priority = 1
         for index, models in enumerate(model_groups(config)):

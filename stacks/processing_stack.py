@@ -8,6 +8,7 @@ from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.base import acknowledge_wildcard_grants
 from cdk_constructs.data_lake import bucket_name
 from cdk_constructs.emr import REPO_ROOT, EmrTlsCertificates
+from cdk_constructs.experimentation import ExperimentTables
 from cdk_constructs.flink_cluster import FlinkCluster
 from cdk_constructs.model_monitoring import grant_put_model_metrics
 from cdk_constructs.monitoring import monitor_emr, monitor_functions, monitor_kafka
@@ -210,6 +211,31 @@ class ProcessingStack(Stack):
                 "--outcome-hours", str(monitoring.outcome_hours),
                 "--plays-lag-hours", str(monitoring.plays_lag_hours),
                 "--k", str(monitoring.top_k),
+                "--region", self.region,
+            ],
+        )  # fmt: skip
+
+        # Spark -> ABlaze: the experiment analysis reads the experiments and adds results.
+        experiment_tables = ExperimentTables(
+            self, name_prefix=config.resource_prefix, encryption_key=key
+        )
+        experiment_tables.grant_write_results(self.spark.instance_role)
+        acknowledge_wildcard_grants(
+            self.spark.instance_role,
+            {
+                rf"Resource::arn:.*:table/{config.resource_prefix}-experiments/index/\*": (
+                    "The CDK's read grant on ABlaze's experiments table covers its one index; "
+                    "the analysis only scans the table."
+                ),
+            },
+        )
+        self.experiment_analysis_args = self.spark.spark_submit_step(
+            script="jobs/batch/experiment_analysis.py",
+            arguments=[
+                "--predictions", raw.s3_url_for_object(layout.PREDICTIONS_PREFIX),
+                "--interactions", curated.s3_url_for_object(layout.CURATED_PREFIX),
+                "--experiments-table", experiment_tables.experiments.table_name,
+                "--results-table", experiment_tables.results.table_name,
                 "--region", self.region,
             ],
         )  # fmt: skip

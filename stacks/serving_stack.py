@@ -10,6 +10,7 @@ from constructs import Construct
 from cdk_constructs.alerting import AlertTarget
 from cdk_constructs.data_lake import bucket_name
 from cdk_constructs.delivery import CanaryAnalysis, Delivery, DeliveryTarget, stack_parameters
+from cdk_constructs.experimentation import ExperimentationService, ExperimentTables
 from cdk_constructs.model_serving import (
     ModelData,
     ModelService,
@@ -19,7 +20,11 @@ from cdk_constructs.model_serving import (
     service_name,
     serving_image,
 )
-from cdk_constructs.monitoring import monitor_functions, monitor_state_machines
+from cdk_constructs.monitoring import (
+    monitor_experimentation,
+    monitor_functions,
+    monitor_state_machines,
+)
 from cdk_constructs.prometheus import PrometheusSink
 from cdk_constructs.training_service import MODELS_PREFIX
 from platform_config import PlatformConfig
@@ -59,12 +64,14 @@ class ServingStack(Stack):
         *,
         config: PlatformConfig,
         network: NetworkStack,
+        data: DataStack,
         **kwargs,
     ):
         super().__init__(scope, construct_id, **kwargs)
         serving = config.serving
         prefix = config.resource_prefix
         self.add_stack_dependency(network)
+        self.add_stack_dependency(data)
         self.front = ServingFront(
             self,
             "Serving",
@@ -104,6 +111,21 @@ class ServingStack(Stack):
             log_retention_days=serving.log_retention_days,
         )
         monitor_state_machines(alerts, {"delivery": self.delivery.workflow}, area="serving")
+        # ABlaze -> Serving: the service that configures the experiments serving allocates by.
+        self.experimentation = ExperimentationService(
+            self,
+            "Experimentation",
+            name_prefix=prefix,
+            tables=ExperimentTables(self, name_prefix=prefix, encryption_key=data.data_lake.key),
+            model_package_group=data.model_registry.group_names["recommender"],
+            cluster=self.front.cluster,
+            listener=self.front.listener,
+            load_balancer_group=self.front.load_balancer_group,
+            vpc=network.network.vpc,
+            subnets=network.network.compute_subnets,
+            log_retention_days=serving.log_retention_days,
+        )
+        monitor_experimentation(alerts, service=self.experimentation)
         monitor_functions(alerts, self, max_errors=config.monitoring.lambda_errors)
         CfnOutput(
             self,
@@ -151,6 +173,7 @@ class ModelServicesStack(Stack):
             encryption_key=data.data_lake.key,
         )
         image = serving_image(self)
+        experiments = ExperimentTables(self, name_prefix=prefix, encryption_key=data.data_lake.key)
         telemetry = (
             Telemetry(
                 collector_image=config.monitoring.otel_collector_image,
@@ -185,6 +208,7 @@ class ModelServicesStack(Stack):
                         feature_store.member_features_name if has_features else None
                     ),
                     prediction_log_bucket=raw,
+                    experiments=experiments,
                 ),
                 telemetry=telemetry,
                 subnets=network.network.compute_subnets,

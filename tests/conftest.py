@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,14 +72,29 @@ def synthesize(config: PlatformConfig, outdir: Path) -> SynthesizedPlatform:
     return SynthesizedPlatform(config=config, app=app, platform=platform, assembly=assembly)
 
 
+# Where the session writes each environment's cloud assembly when set (`make test` sets it, so
+# the checkov scan reads these templates instead of synthesizing both environments again).
+ASSEMBLY_DIR_VARIABLE = "ML_PLATFORM_TEST_ASSEMBLY"
+
+
+def assembly_dir(tmp_path_factory: pytest.TempPathFactory, env: str) -> Path:
+    root = os.environ.get(ASSEMBLY_DIR_VARIABLE)
+    if not root:
+        return tmp_path_factory.mktemp(f"cdk-{env}")
+    outdir = Path(root) / env
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    return outdir
+
+
 @pytest.fixture(scope="session")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedPlatform:
-    return synthesize(load_config(env="dev"), tmp_path_factory.mktemp("cdk-dev"))
+    return synthesize(load_config(env="dev"), assembly_dir(tmp_path_factory, "dev"))
 
 
 @pytest.fixture(scope="session")
 def prod(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedPlatform:
-    return synthesize(load_config(env="prod"), tmp_path_factory.mktemp("cdk-prod"))
+    return synthesize(load_config(env="prod"), assembly_dir(tmp_path_factory, "prod"))
 
 
 @pytest.fixture(scope="session", params=["dev", "prod"])

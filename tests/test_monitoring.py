@@ -26,7 +26,16 @@ from serving.recommender_service.service import SHADOW_MODEL_NAME_SUFFIX
 from stacks.serving_stack import COLLECTOR_CONFIG
 from training.recommender.inputs import INPUT_FEATURES
 
-AREAS = ("streaming", "processing", "data", "metadata", "workflows", "training", "serving")
+AREAS = (
+    "streaming",
+    "processing",
+    "data",
+    "metadata",
+    "workflows",
+    "training",
+    "serving",
+    "experimentation",
+)
 
 
 def resources(template: dict, cfn_type: str) -> dict[str, dict]:

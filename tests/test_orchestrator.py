@@ -192,6 +192,7 @@ def test_signal_triggers_match_name_and_parameters_on_the_signal_bus(each_env):
         (r["EventPattern"]["detail-type"], r["EventPattern"]["detail"]) for r in signal_rules
     )
     assert patterns == [
+        (["analysis-requested"], {"params": {"reason": ["manual"]}}),
         (["features-requested"], {"params": {"reason": ["manual"]}}),
         (["retrain-requested"], {"params": {"model": ["recommender"]}}),
     ]

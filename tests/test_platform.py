@@ -37,6 +37,8 @@ TAG_CONTRACT = {
     "Prometheus": ("monitoring", "ml-monitoring"),
     "ModelMonitoring": ("monitoring", "ml-monitoring"),
     "Overview": ("monitoring", "ml-monitoring"),
+    "Experiments": ("ablaze", "experimentation"),
+    "Experimentation": ("ablaze", "experimentation"),
     # Each stack's area dashboard and alarms (AreaMonitoring).
     **{
         f"{area}Monitoring": ("monitoring", "ml-monitoring")
@@ -49,6 +51,7 @@ TAG_CONTRACT = {
             "Training",
             "Serving",
             "ServingModels1",
+            "Experimentation",
         )
     },
     "Serving": ("serving", "model-serving"),
@@ -243,7 +246,7 @@ def test_dependency_chain_stays_short(each_env):
     assert names(platform.processing) == ["alerts", "data", "network", "streaming"]
     assert names(platform.metaflow) == ["alerts", "data", "network"]
     assert names(platform.orchestration) == ["alerts", "data", "network", "processing"]
-    assert names(platform.serving) == ["alerts", "network"]
+    assert names(platform.serving) == ["alerts", "data", "network"]
     (models,) = platform.model_services
     assert sorted(d.stack_name for d in models.dependencies) == [
         f"{each_env.config.resource_prefix}-{name}"

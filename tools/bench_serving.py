@@ -1,14 +1,17 @@
-"""Load-tests the serving app on loopback beside a minimal FastAPI app, shadow mode off and on.
+"""Load-tests the serving app on loopback beside a minimal FastAPI app: plain, with shadow
+scoring, and with members allocated to the cells of a running experiment.
 
-Three servers run as their own processes on 127.0.0.1, each started the way the container
+Four servers run as their own processes on 127.0.0.1, each started the way the container
 starts the app (same uvicorn settings): a minimal FastAPI app with one route returning a
 constant JSON body of the same size as a recommendation, the recommender with an in-memory
-store (Keyspaces has no local emulator), and the recommender with a candidate model scoring
-``--shadow-fraction`` of the members in the background. The models are random ones of a
-realistic size, written with the training code's artifact format.
+store (Keyspaces has no local emulator), the recommender with a candidate model scoring
+``--shadow-fraction`` of the members in the background, and the recommender with ABlaze's
+assigner over one running experiment held in memory (45 % of members in a control cell
+served by the primary, 45 % in a treatment cell served by the candidate). The models are
+random ones of a realistic size, written with the training code's artifact format.
 
 The load is open-loop and interleaved: requests leave on a fixed schedule, ``--rate`` per
-second for each app, and take turns among the three apps, so all three are measured at the
+second for each app, and take turns among the apps, so all of them are measured at the
 same rate and under the same conditions of a shared machine. ``--clients`` workers send
 them concurrently. A run sends ``--rate * --seconds`` requests to each app after a one-second
 warm-up and stops by itself; every request and the run as a whole have a timeout. Besides
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -48,7 +52,14 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
+from ablaze.allocation import (  # noqa: E402
+    AllocatedCell,
+    AllocatedExperiment,
+    Eligibility,
+    ExperimentAssigner,
+)
 from serving.recommender_service.app import create_app  # noqa: E402
+from serving.recommender_service.experiments import AblazeAssigner, CellAssigner  # noqa: E402
 from serving.recommender_service.server import serve  # noqa: E402
 from serving.recommender_service.settings import read_settings  # noqa: E402
 from serving.recommender_service.store import InMemoryStore  # noqa: E402
@@ -66,6 +77,18 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 START_TIMEOUT_SECONDS = 90.0
 P99_TARGET = 1.5
 SHADOW_P99_TARGET = 1.10
+ALLOCATION_P99_TARGET_MS = 2.0
+EXPERIMENT = AllocatedExperiment(
+    experiment_id="bench-ranker",
+    salt="0123456789abcdef0123456789abcdef",
+    cells=(
+        AllocatedCell(name="control", model_version="1", ranges=((0, 4500),)),
+        AllocatedCell(name="treatment", model_version="2", ranges=((4500, 9000),)),
+    ),
+    eligibility=Eligibility(),
+    start=0.0,
+    end=math.inf,
+)
 # One BLAS thread per server, as in the image: the benchmark shares two cores.
 SERVER_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 MINIMAL_BODY = {
@@ -102,7 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     serve_parser = sub.add_parser("serve", help=argparse.SUPPRESS)
-    serve_parser.add_argument("kind", choices=["minimal", "recommender"])
+    serve_parser.add_argument("kind", choices=["minimal", "recommender", "experiment"])
     serve_parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second per app")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
@@ -125,19 +148,20 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "MODEL_VERSION": "1",
             "MODEL_ARTIFACT_URI": str(primary),
         }
+        with_candidate = {
+            **base,
+            "CANDIDATE_MODEL_VERSION": "2",
+            "CANDIDATE_MODEL_ARTIFACT_URI": str(candidate),
+        }
         scenarios = [
             Scenario("minimal FastAPI", "minimal", {}),
             Scenario("recommender", "recommender", base),
             Scenario(
                 f"recommender, shadow {args.shadow_fraction:g}",
                 "recommender",
-                {
-                    **base,
-                    "CANDIDATE_MODEL_VERSION": "2",
-                    "CANDIDATE_MODEL_ARTIFACT_URI": str(candidate),
-                    "SHADOW_FRACTION": str(args.shadow_fraction),
-                },
+                {**with_candidate, "SHADOW_FRACTION": str(args.shadow_fraction)},
             ),
+            Scenario("recommender, experiment", "experiment", with_candidate),
         ]
         with running_servers(scenarios, Path(workdir)):
             asyncio.run(measure(scenarios, args))
@@ -218,15 +242,16 @@ def wait_until_ready(scenario: Scenario) -> None:
             break
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{url}/health/ready", timeout=1.0).status_code == 200:
-                check_shadow(scenario, url)
+                wait_for_candidate(scenario, url)
+                check_experiment(scenario, url)
                 return
         time.sleep(0.2)
     log = scenario.log.read_text() if scenario.log else ""
     raise SystemExit(f"{scenario.name} did not become ready:\n{log}")
 
 
-def check_shadow(scenario: Scenario, url: str) -> None:
-    if "SHADOW_FRACTION" not in scenario.environment:
+def wait_for_candidate(scenario: Scenario, url: str) -> None:
+    if "CANDIDATE_MODEL_VERSION" not in scenario.environment:
         return
     # The loader reports ready before it loads the candidate.
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -234,6 +259,18 @@ def check_shadow(scenario: Scenario, url: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"{scenario.name}: the candidate model did not load")
         time.sleep(0.2)
+
+
+def check_experiment(scenario: Scenario, url: str) -> None:
+    """Check that the experiment's server answers in both cells, with their versions."""
+    if scenario.kind != "experiment":
+        return
+    served = set()
+    for member in member_ids()[:50]:
+        body = httpx.post(f"{url}/recommendations", json={"member_id": member}, timeout=1.0).json()
+        served.add((body["cell"], body["model_version"]))
+    if not {("control", "1"), ("treatment", "2")} <= served:
+        raise SystemExit(f"{scenario.name}: the cells were not served, only {sorted(served)}")
 
 
 async def measure(scenarios: list[Scenario], args: argparse.Namespace) -> None:
@@ -333,17 +370,26 @@ def report(scenarios: list[Scenario], args: argparse.Namespace) -> int:
             f"{s.percentile(0.5):>8.2f}{s.percentile(0.99):>8.2f}"
             f"{s.cpu_seconds * 1000 / max(count, 1):>11.2f}"
         )
-    minimal, plain, shadow = scenarios
+    minimal, plain, shadow, experiment = scenarios
     real_ratio = plain.percentile(0.99) / minimal.percentile(0.99)
     shadow_ratio = shadow.percentile(0.99) / plain.percentile(0.99)
     print(f"recommender p99 / minimal p99: {real_ratio:.2f} (target <= {P99_TARGET})")
     print(f"shadow p99 / no-shadow p99:    {shadow_ratio:.2f} (target <= {SHADOW_P99_TARGET})")
+    print(
+        f"p99 with allocation {experiment.percentile(0.99):.2f} ms, without "
+        f"{plain.percentile(0.99):.2f} ms: "
+        f"{experiment.percentile(0.99) - plain.percentile(0.99):+.2f} ms "
+        f"(target <= +{ALLOCATION_P99_TARGET_MS:g} ms)"
+    )
     return 1 if any(s.errors for s in scenarios) else 0
 
 
 def serve_app(kind: str, port: int) -> None:
     """The server side of the benchmark, run in its own process."""
-    app = minimal_app() if kind == "minimal" else recommender_app()
+    if kind == "minimal":
+        app = minimal_app()
+    else:
+        app = recommender_app(cell_assigner=experiment_assigner() if kind == "experiment" else None)
     serve(app, host="127.0.0.1", port=port)
 
 
@@ -361,7 +407,12 @@ def minimal_app() -> FastAPI:
     return app
 
 
-def recommender_app() -> FastAPI:
+def experiment_assigner() -> CellAssigner:
+    """ABlaze's assigner over the one running experiment, loaded from memory."""
+    return AblazeAssigner(ExperimentAssigner(loader=lambda: [EXPERIMENT]))
+
+
+def recommender_app(*, cell_assigner: CellAssigner | None) -> FastAPI:
     rng = np.random.default_rng(SEED)
     titles = [f"t{index:05d}" for index in range(TITLES)]
     histories = {
@@ -369,7 +420,11 @@ def recommender_app() -> FastAPI:
         for member in member_ids()
     }
     store = InMemoryStore(histories=histories)
-    return create_app(read_settings(os.environ), store_factory=lambda settings: store)
+    return create_app(
+        read_settings(os.environ),
+        store_factory=lambda settings: store,
+        cell_assigner=cell_assigner,
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from jobs.batch.spark_io import hadoop_path, path_exists, require_non_empty
+from jobs.batch.spark_io import hadoop_path, path_exists, require_non_empty, utc_time
 from jobs.monitoring import names
 from jobs.monitoring.baseline import TOP_SCORE, Baseline, BaselineError, read_baseline, s3_client
 from jobs.monitoring.prediction_log import (
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--now",
-        type=_utc_time,
+        type=utc_time,
         default=None,
         help="end of the drift window, ISO 8601 (without a zone: UTC; default: now)",
     )
@@ -633,14 +633,6 @@ def _metric(figure: Figure, model: str, version: str | None = None) -> Metric:
 
 def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
-
-
-def _utc_time(value: str) -> datetime:
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _positive_int(value: str) -> int:

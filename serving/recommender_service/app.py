@@ -4,6 +4,8 @@
 collaborators, so tests and the benchmark swap the store, the model loader and the cell
 assigner without touching the environment. Nothing starts before the app's lifespan does;
 with valid settings, the lifespan also serves the Prometheus metrics on ``METRICS_PORT``.
+With ``EXPERIMENTS_TABLE``, members are assigned to the cells of ABlaze's running
+experiments on ``EXPERIMENT_SURFACE``, reloaded every ``EXPERIMENTS_REFRESH_SECONDS``.
 
 Status codes: 422 for any request that does not fit :class:`RecommendationRequest`
 (malformed JSON included); 503 while no model is loaded; 500 only for a fault of the
@@ -19,10 +21,13 @@ from collections.abc import AsyncIterator
 from typing import TextIO
 
 import boto3
+from botocore.config import Config
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from serving.recommender_service.experiments import CellAssigner, NoExperiments
+from ablaze.allocation import ExperimentAssigner
+from ablaze.store import ExperimentStore
+from serving.recommender_service.experiments import AblazeAssigner, CellAssigner, NoExperiments
 from serving.recommender_service.features import FeatureReader, feature_store_client
 from serving.recommender_service.logs import LOGGER, one_line
 from serving.recommender_service.metrics import EmfMetrics, Metrics
@@ -49,6 +54,11 @@ METRICS_FLUSH_SECONDS = 1.0
 # The collector sidecar shares the task's network namespace; nothing else needs the metrics.
 METRICS_HOST = "127.0.0.1"
 NOT_READY = {503: {"model": Health, "description": "no model is loaded"}}
+# The first load of the experiments holds readiness back: a table that does not answer must
+# not hold it for long, and a failed load is retried at the next refresh anyway.
+EXPERIMENTS_CLIENT_CONFIG = Config(
+    connect_timeout=2, read_timeout=2, retries={"mode": "standard", "max_attempts": 2}
+)
 
 
 def keyspaces_store(settings: Settings) -> MemberStore | None:
@@ -83,6 +93,26 @@ def s3_prediction_log(settings: Settings) -> PredictionLog | None:
     )
 
 
+def ablaze_cell_assigner(settings: Settings) -> CellAssigner:
+    """The running experiments of ``EXPERIMENT_SURFACE`` when ``EXPERIMENTS_TABLE`` is set,
+    no experiments otherwise."""
+    if settings.experiments_table is None or settings.experiment_surface is None:
+        return NoExperiments()
+    store = ExperimentStore(
+        client=boto3.client(
+            "dynamodb", region_name=settings.aws_region, config=EXPERIMENTS_CLIENT_CONFIG
+        ),
+        table_name=settings.experiments_table,
+    )
+    surface = settings.experiment_surface
+    return AblazeAssigner(
+        ExperimentAssigner(
+            loader=lambda: store.running_allocations(surface),
+            refresh_seconds=settings.experiments_refresh_seconds,
+        )
+    )
+
+
 def create_app(
     settings: Settings | SettingsError,
     *,
@@ -95,7 +125,8 @@ def create_app(
 ) -> FastAPI:
     """Return the app; with valid settings its lifespan loads the model and starts workers.
 
-    ``feature_reader`` defaults to :func:`feature_store_reader` of the settings;
+    ``feature_reader`` defaults to :func:`feature_store_reader` of the settings,
+    ``cell_assigner`` to :func:`ablaze_cell_assigner` (the service starts and stops either);
     ``metrics_port`` to ``METRICS_PORT`` (0: a free port the system picks, as tests use).
     The port the metrics are served on is ``app.state.metrics_server.port`` once started.
     """
@@ -106,7 +137,9 @@ def create_app(
             metrics=_service_metrics(
                 settings, sys.stdout if metrics_stream is None else metrics_stream
             ),
-            cell_assigner=NoExperiments() if cell_assigner is None else cell_assigner,
+            cell_assigner=(
+                ablaze_cell_assigner(settings) if cell_assigner is None else cell_assigner
+            ),
             feature_reader=(
                 feature_store_reader(settings) if feature_reader is None else feature_reader
             ),

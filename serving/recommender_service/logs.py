@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import sys
 
+from ablaze.allocation import LOGGER as ABLAZE_LOGGER
+
 LOGGER = logging.getLogger("recommender_service")
 
 
 def configure_logging() -> None:
-    """Send the service's INFO lines and above to stderr, one line each."""
+    """Send the INFO lines and above of the service and of ABlaze's assigner to stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
+    for logger in (LOGGER, ABLAZE_LOGGER):
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def one_line(exc: BaseException) -> str:

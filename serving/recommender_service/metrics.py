@@ -146,6 +146,15 @@ class Metrics:
         self.emf.observe(dimensions, "Latency", milliseconds, "Milliseconds")
         self.prometheus.answered(dimensions, outcome=outcome, seconds=milliseconds / 1000)
 
+    def exposed(self, dimensions: Mapping[str, str], *, experiment: str, cell: str) -> None:
+        """Count an answer to a member in ``cell`` of ``experiment``: EMF ``Exposure`` with
+        the dimensions ``Experiment`` and ``Cell`` besides the model's, and for Prometheus.
+
+        Experiments and cells are few, so they make good dimensions; members never are.
+        """
+        self.emf.count({**dimensions, "Experiment": experiment, "Cell": cell}, "Exposure")
+        self.prometheus.exposed(dimensions, experiment=experiment, cell=cell)
+
     def flush(self) -> None:
         """Write every pending EMF line now (Prometheus is read when scraped)."""
         self.emf.flush()

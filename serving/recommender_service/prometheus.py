@@ -20,6 +20,10 @@ Metrics (``recommender_`` prefix):
   ``shadow``, ``features``, ``prediction_log``);
 - ``prediction_write_errors_total``, ``prediction_log_write_errors_total``: records lost to a
   failed write to the predictions table or to the prediction log;
+- ``experiment_exposures_total{experiment, cell}``: answers to members in an experiment's
+  cell, under the version that ranked them;
+- ``experiment_version_unavailable_total``: answers to members whose cell's version this
+  task does not serve, so the primary version ranked them;
 - ``model_info{candidate_version}``: 1, for the configured versions.
 """
 
@@ -95,7 +99,22 @@ class PrometheusMetrics:
                 ),
                 (),
             ),
+            "ExperimentVersionUnavailable": (
+                Counter(
+                    "recommender_experiment_version_unavailable",
+                    "Answers to members whose cell's model version this task does not serve.",
+                    MODEL_LABELS,
+                    registry=registry,
+                ),
+                (),
+            ),
         }
+        self._exposures = Counter(
+            "recommender_experiment_exposures",
+            "Answers to members in an experiment's cell, by the version that ranked them.",
+            [*MODEL_LABELS, "experiment", "cell"],
+            registry=registry,
+        )
         # EMF observation name -> its histogram.
         self._observed = {
             "TopScore": Histogram(
@@ -138,6 +157,10 @@ class PrometheusMetrics:
         labels = _model_labels(dimensions)
         self._requests.labels(*labels, outcome).inc()
         self._latency.labels(*labels).observe(seconds)
+
+    def exposed(self, dimensions: Mapping[str, str], *, experiment: str, cell: str) -> None:
+        """Count an answer to a member in ``cell`` of ``experiment``."""
+        self._exposures.labels(*_model_labels(dimensions), experiment, cell).inc()
 
 
 class MetricsServer:

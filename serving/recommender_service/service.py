@@ -17,10 +17,18 @@ Fallbacks, in the response's ``fallback`` field:
 When a request has both kinds, the response names ``popularity`` and the ``Fallback``
 metric counts both.
 
+Experiment cells: a cell served by the primary version is answered as any other request; a
+cell served by the loaded candidate is ranked by the candidate (and not shadow-scored as
+well). A cell whose version this task does not serve is ranked by the primary version and
+counted as ``ExperimentVersionUnavailable``. Either way the answer and its prediction record
+name the experiment and cell, with the version that actually ranked: the analysis compares
+cells as assigned, and the version shows which answers the cell's model did not give.
+
 Start-up runs on a thread, so the health endpoints answer while the model loads: the primary
 model first (its failure is logged once and the service stays not ready), then one attempt
-to connect the store, then readiness, then the candidate model. A store that could not be
-connected is retried in the background with a growing delay.
+to connect the store, then the cell assigner's start (ABlaze's first load of the running
+experiments), then readiness, then the candidate model. A store that could not be connected
+is retried in the background with a growing delay.
 """
 
 from __future__ import annotations
@@ -164,10 +172,12 @@ class RecommenderService:
         return self._loaded.wait(timeout)
 
     def stop(self) -> None:
-        """Finish the queued jobs within the shutdown time, close the store, flush metrics."""
+        """Stop the cell assigner, finish the queued jobs within the shutdown time, close the
+        store, flush metrics."""
         self._stopping.set()
         if self._loader is not None:
             self._loader.join(SHUTDOWN_SECONDS)
+        self._cell_assigner.stop()
         for worker in self._workers():
             worker.stop(SHUTDOWN_SECONDS)
         if self.store is not None:
@@ -197,6 +207,7 @@ class RecommenderService:
             self._loaded.set()
             return
         store_configured = self._connect_store(store_factory)
+        self._cell_assigner.start()
         self.primary = primary
         LOGGER.info(
             "ready: serving model %s version %s (%d titles)",
@@ -272,6 +283,7 @@ class RecommenderService:
             cell=assignment.cell if assignment else None,
         )
         self._write(result, model=served, history=None if store_fallback else history)
+        # A request the candidate answered for its cell has nothing left to shadow.
         if served is primary and self.in_shadow_sample(member_id):
             request = _ShadowRequest(
                 served=result, history=history, store_fallback=store_fallback, k=k
@@ -281,6 +293,8 @@ class RecommenderService:
             self._queue(self._features, member_id, "FeatureReadDropped", served.version)
         dimensions = self._dimensions(served.version)
         self._record_ranking(dimensions, ranking, store_fallback)
+        if assignment is not None:
+            self.metrics.exposed(dimensions, experiment=assignment.experiment, cell=assignment.cell)
         self.metrics.answered(
             dimensions,
             outcome=result.fallback or "ok",
@@ -306,9 +320,10 @@ class RecommenderService:
         for model in (primary, self.candidate):
             if model is not None and model.version == assignment.model_version:
                 return model, assignment
-        # Recording a cell whose model this task does not serve would corrupt the experiment.
-        self.metrics.count(self._dimensions(primary.version), "AssignmentUnservable")
-        return primary, None
+        # The member stays in their cell: dropping them would skew the cells' sizes, and the
+        # record's version shows the answer was not the cell's model's.
+        self.metrics.count(self._dimensions(primary.version), "ExperimentVersionUnavailable")
+        return primary, assignment
 
     async def _history(self, member_id: str) -> tuple[list[str], Fallback | None]:
         store = self.store

@@ -16,6 +16,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
 
+from ablaze.allocation import DEFAULT_REFRESH_SECONDS
+from ablaze.experiments import SLUG_PATTERN
+
 DEFAULT_PORT = 8080
 # The port OpenTelemetry's Prometheus exporters default to.
 DEFAULT_METRICS_PORT = 9464
@@ -68,6 +71,10 @@ class Settings(BaseModel):
     # The path every route is under, e.g. /title-recommender behind a load balancer rule
     # that forwards /title-recommender/* without stripping it.
     url_prefix: Annotated[str, Field(pattern=r"^(/[A-Za-z0-9._~-]+)*$", max_length=256)] = ""
+    # ABlaze's experiments table, and the surface whose running experiments assign members.
+    experiments_table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")] | None = None
+    experiment_surface: Annotated[str, Field(pattern=SLUG_PATTERN)] | None = None
+    experiments_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = DEFAULT_REFRESH_SECONDS
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -92,9 +99,12 @@ class Settings(BaseModel):
             problems.append("METRICS_NAMESPACE must not start with AWS/, which AWS reserves")
         if self.shadow_fraction > 0 and self.candidate_model_version is None:
             problems.append("SHADOW_FRACTION above 0 needs a candidate model")
+        if (self.experiments_table is None) != (self.experiment_surface is None):
+            problems.append("EXPERIMENTS_TABLE and EXPERIMENT_SURFACE must be set together")
         for name, value in (
             ("KEYSPACE", self.keyspace),
             ("FEATURE_GROUP_NAME", self.feature_group_name),
+            ("EXPERIMENTS_TABLE", self.experiments_table),
         ):
             if value is not None and self.aws_region is None:
                 problems.append(f"{name} needs AWS_REGION")

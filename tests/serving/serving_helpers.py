@@ -119,12 +119,20 @@ class GatedStore(InMemoryStore):
 
 @dataclass
 class FixedAssigner:
-    """A cell assigner with a fixed answer per member."""
+    """A cell assigner with a fixed answer per member; it counts its starts and stops."""
 
     assignments: Mapping[str, Assignment] = field(default_factory=dict)
+    starts: int = 0
+    stops: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
 
     def assign(self, member_id: str) -> Assignment | None:
         return self.assignments.get(member_id)
+
+    def stop(self) -> None:
+        self.stops += 1
 
 
 @dataclass

@@ -310,16 +310,81 @@ def test_a_cell_served_by_the_candidate_is_answered_by_it(
     assert (body["experiment"], body["cell"]) == ("exp-2", "treatment")
 
 
-def test_a_cell_this_task_cannot_serve_is_ignored_and_counted(start_app: StartApp) -> None:
+def test_a_cell_this_task_cannot_serve_gets_the_primary_and_is_counted(
+    start_app: StartApp,
+) -> None:
     assigner = FixedAssigner({"m0": Assignment(experiment="exp-3", cell="b", model_version="99")})
     running = start_app(cell_assigner=assigner)
     body = running.recommend("m0", k=1)
-    assert (body["model_version"], body["experiment"], body["cell"]) == ("7", None, None)
-    assert running.metric_values("AssignmentUnservable", **DIMENSIONS) == [1.0]
+    # Still in the cell, answered by the version that actually ranked.
+    assert (body["model_version"], body["experiment"], body["cell"]) == ("7", "exp-3", "b")
+    assert titles(body) == PRIMARY_RANKING["m0"][1:2]
+    running.recommend("m1", k=1)
+    assert running.metric_values("ExperimentVersionUnavailable", **DIMENSIONS) == [1.0]
+    running.drain()
+    assert running.store is not None
+    [record, _] = running.store.predictions
+    assert (record.model_version, record.experiment, record.cell) == ("7", "exp-3", "b")
+
+
+def test_a_cell_of_a_candidate_that_did_not_load_gets_the_primary(
+    start_app: StartApp, tmp_path
+) -> None:
+    assigner = FixedAssigner({"m0": Assignment(experiment="exp-4", cell="t", model_version="8")})
+    running = start_app(
+        env={
+            "CANDIDATE_MODEL_VERSION": "8",
+            "CANDIDATE_MODEL_ARTIFACT_URI": str(tmp_path / "missing"),
+        },
+        cell_assigner=assigner,
+    )
+    assert running.service.candidate is None
+    body = running.recommend("m0", k=1)
+    assert (body["model_version"], body["experiment"], body["cell"]) == ("7", "exp-4", "t")
+    assert running.metric_values("ExperimentVersionUnavailable", **DIMENSIONS) == [1.0]
+
+
+def test_exposures_are_counted_per_cell_under_the_version_that_ranked(
+    start_app: StartApp, candidate_dir
+) -> None:
+    assigner = FixedAssigner(
+        {
+            "m0": Assignment(experiment="exp-5", cell="control", model_version="7"),
+            "m1": Assignment(experiment="exp-5", cell="treatment", model_version="8"),
+            "m2": Assignment(experiment="exp-5", cell="treatment", model_version="8"),
+        }
+    )
+    running = start_app(
+        env={"CANDIDATE_MODEL_VERSION": "8", "CANDIDATE_MODEL_ARTIFACT_URI": str(candidate_dir)},
+        cell_assigner=assigner,
+    )
+    for member in ("m0", "m1", "m2", "m3", "m0"):
+        running.recommend(member, k=1)
+    assert running.metric_values("Exposure", **DIMENSIONS, Experiment="exp-5", Cell="control") == [
+        2.0
+    ]
+    assert running.metric_values(
+        "Exposure",
+        ModelName="title-recommender",
+        ModelVersion="8",
+        Experiment="exp-5",
+        Cell="treatment",
+    ) == [2.0]
+    # m3 is in no cell: nothing else was exposed.
+    exposures = [d for d in running.emf_documents() if "Exposure" in d]
+    assert sum(d["Exposure"] for d in exposures) == 4
+
+
+def test_the_service_starts_and_stops_its_assigner(start_app: StartApp) -> None:
+    assigner = FixedAssigner()
+    running = start_app(cell_assigner=assigner)
+    assert (assigner.starts, assigner.stops) == (1, 0)
+    running.drain()
+    assert (assigner.starts, assigner.stops) == (1, 1)
 
 
 def test_a_failing_assigner_does_not_fail_the_request(start_app: StartApp) -> None:
-    class BrokenAssigner:
+    class BrokenAssigner(FixedAssigner):
         def assign(self, member_id: str) -> Assignment | None:
             raise RuntimeError("allocator unreachable")
 

@@ -1,9 +1,9 @@
 """The serving image's recipe, checked by reading it: no Docker engine is needed.
 
 The Dockerfile must build from a pinned slim Python 3.11, install only pinned requirements,
-copy the training code the app loads models with, run as a non-root user, expose 8080 and
-check its own health. The requirements must cover every package the app imports, at the
-versions the tests run with.
+copy the training code the app loads models with and ABlaze (whose allocation assigns members
+to cells), run as a non-root user, expose 8080 and check its own health. The requirements
+must cover every package the app and ABlaze import, at the versions the tests run with.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from packaging.version import Version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVING = REPO_ROOT / "serving"
+ABLAZE = REPO_ROOT / "ablaze"
 # The files of the training code that the app imports (artifact.py and what it imports, and
 # the monitored inputs of the prediction log).
 TRAINING_MODULES = ("artifact.py", "model.py", "inputs.py")
@@ -45,10 +46,14 @@ def pinned_version(requirement: Requirement) -> Version:
     return Version(specifier.version)
 
 
+def requirements(path: Path) -> dict[str, Requirement]:
+    lines = path.read_text().splitlines()
+    parsed = [Requirement(line) for line in lines if line and not line.startswith("#")]
+    return {canonicalize_name(r.name): r for r in parsed}
+
+
 def serving_requirements() -> dict[str, Requirement]:
-    lines = (SERVING / "requirements.txt").read_text().splitlines()
-    requirements = [Requirement(line) for line in lines if line and not line.startswith("#")]
-    return {canonicalize_name(r.name): r for r in requirements}
+    return requirements(SERVING / "requirements.txt")
 
 
 def test_base_image_is_a_pinned_slim_python_311() -> None:
@@ -85,15 +90,25 @@ def test_the_image_installs_the_pinned_requirements_and_copies_the_code() -> Non
     assert "serving/requirements.txt serving/requirements.txt" in copies
     assert "training/recommender/ training/recommender/" in copies
     assert "training/__init__.py training/__init__.py" in copies
+    assert "ablaze/ ablaze/" in copies
     assert "serving/ serving/" in copies
     # The build context is the repository root; the ignore file keeps out all but these.
     ignored = (SERVING / "Dockerfile.dockerignore").read_text().splitlines()
-    assert ignored[ignored.index("*") :][:4] == [
+    assert ignored[ignored.index("*") :][:5] == [
         "*",
         "!serving/",
         "!training/__init__.py",
         "!training/recommender/",
+        "!ablaze/",
     ]
+
+
+def test_ablazes_requirements_are_a_subset_of_servings() -> None:
+    # The image installs serving's requirements only, and runs ABlaze's code with them.
+    serving = serving_requirements()
+    for name, requirement in requirements(ABLAZE / "requirements.txt").items():
+        assert name in serving, f"serving/requirements.txt lacks {requirement}"
+        assert serving[name].specifier == requirement.specifier, name
 
 
 def test_every_requirement_is_pinned_exactly() -> None:
@@ -120,12 +135,12 @@ def test_the_pins_are_the_versions_the_tests_run_with() -> None:
 
 def test_the_requirements_cover_every_import_and_its_dependencies() -> None:
     pinned = serving_requirements()
-    sources = [*(SERVING / "recommender_service").glob("*.py")]
+    sources = [*(SERVING / "recommender_service").glob("*.py"), *ABLAZE.glob("*.py")]
     sources += [REPO_ROOT / "training" / "recommender" / name for name in TRAINING_MODULES]
     distributions = importlib.metadata.packages_distributions()
     for source in sources:
         for module in imported_modules(source):
-            first_party = module in ("serving", "training")
+            first_party = module in ("serving", "training", "ablaze")
             # artifact.py imports its sibling model.py by plain name in script mode.
             sibling = (source.parent / f"{module}.py").is_file()
             if module in sys.stdlib_module_names or first_party or sibling:

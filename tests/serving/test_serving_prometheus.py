@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import SlowStore
+from serving_helpers import FixedAssigner, SlowStore
 
+from serving.recommender_service.experiments import Assignment
 from serving.recommender_service.model_source import load_ranker
 from serving.recommender_service.prometheus import LATENCY_BUCKETS, PrometheusMetrics
 from serving.recommender_service.ranker import Ranker
@@ -89,12 +90,24 @@ def test_requests_latency_scores_and_shadow_overlap_are_served(
 
 
 def test_no_label_names_a_member(start_app: StartApp) -> None:
-    running = start_app()
+    assigner = FixedAssigner({"m0": Assignment(experiment="exp-1", cell="a", model_version="7")})
+    running = start_app(cell_assigner=assigner)
     running.recommend("m0", k=1)
     running.recommend("stranger", k=1)
     samples = scrape(running)
     labels = {name for _, sample_labels in samples for name, _ in sample_labels}
-    assert labels <= {"model", "model_version", "outcome", "le", "candidate_version"}
+    assert labels <= {
+        "model",
+        "model_version",
+        "outcome",
+        "le",
+        "candidate_version",
+        "experiment",
+        "cell",
+    }
+    values = {label_value for _, sample_labels in samples for _, label_value in sample_labels}
+    assert not values & {"m0", "stranger"}
+    assert {"exp-1", "a"} <= values
     assert not any(name.startswith(("python_", "process_")) for name, _ in samples)
 
 
@@ -187,6 +200,34 @@ def test_emf_counts_feed_their_prometheus_counters(
     metrics.count(EMF_PRIMARY, name)
     metrics.count(EMF_PRIMARY, name, 3)
     assert metrics.registry.get_sample_value(sample, {**PRIMARY, **labels}) == 4
+
+
+def test_exposures_and_unavailable_versions_are_counted(
+    start_app: StartApp, candidate_dir: Path
+) -> None:
+    assigner = FixedAssigner(
+        {
+            "m0": Assignment(experiment="exp-1", cell="control", model_version="7"),
+            "m1": Assignment(experiment="exp-1", cell="treatment", model_version="8"),
+            "m2": Assignment(experiment="exp-1", cell="other", model_version="99"),
+        }
+    )
+    running = start_app(
+        env={"CANDIDATE_MODEL_VERSION": "8", "CANDIDATE_MODEL_ARTIFACT_URI": str(candidate_dir)},
+        cell_assigner=assigner,
+    )
+    for member in ("m0", "m1", "m1", "m2", "m3"):
+        running.recommend(member, k=1)
+    samples = scrape(running)
+    exposures = "recommender_experiment_exposures_total"
+    assert value(samples, exposures, **PRIMARY, experiment="exp-1", cell="control") == 1
+    assert value(samples, exposures, **CANDIDATE, experiment="exp-1", cell="treatment") == 2
+    # The cell whose version is not served here: exposed under the version that ranked.
+    assert value(samples, exposures, **PRIMARY, experiment="exp-1", cell="other") == 1
+    assert sum(v for (name, _), v in samples.items() if name == exposures) == 4
+    unavailable = "recommender_experiment_version_unavailable_total"
+    assert value(samples, unavailable, **PRIMARY) == 1
+    assert value(samples, unavailable, **CANDIDATE) is None
 
 
 def test_emf_figures_without_a_prometheus_counterpart_stay_cloudwatch_only() -> None:

@@ -77,6 +77,8 @@ def test_settings_defaults_and_empty_variables() -> None:
     assert (settings.feature_group_name, settings.url_prefix) == (None, "")
     assert (settings.metrics_port, settings.prediction_log_uri) == (9464, None)
     assert (settings.prediction_log_flush_seconds, settings.prediction_log_location) == (60, None)
+    assert (settings.experiments_table, settings.experiment_surface) == (None, None)
+    assert settings.experiments_refresh_seconds == 30
 
 
 def test_the_stacks_placeholders_mean_unset() -> None:
@@ -126,6 +128,9 @@ def test_settings_read_every_variable() -> None:
             "MODEL_PACKAGE_ARN": "arn:aws:sagemaker:us-east-1:123456789012:model-package/r/7",
             "PREDICTION_LOG_URI": "s3://mlp-dev-monitoring/predictions/",
             "PREDICTION_LOG_FLUSH_SECONDS": "30",
+            "EXPERIMENTS_TABLE": "mlp-dev-experiments",
+            "EXPERIMENT_SURFACE": "title-recommender",
+            "EXPERIMENTS_REFRESH_SECONDS": "10",
         }
     )
     assert isinstance(settings, Settings)
@@ -149,6 +154,9 @@ def test_settings_read_every_variable() -> None:
         "prediction_log_uri": "s3://mlp-dev-monitoring/predictions/",
         "prediction_log_flush_seconds": 30.0,
         "url_prefix": "/title-recommender",
+        "experiments_table": "mlp-dev-experiments",
+        "experiment_surface": "title-recommender",
+        "experiments_refresh_seconds": 10.0,
     }
     assert settings.store_timeout_seconds == 0.08
     assert settings.prediction_log_location == ("mlp-dev-monitoring", "predictions/")
@@ -203,6 +211,34 @@ def test_settings_read_every_variable() -> None:
         (
             {"PREDICTION_LOG_FLUSH_SECONDS": "0"},
             "PREDICTION_LOG_FLUSH_SECONDS='0': Input should be greater than 0",
+        ),
+        (
+            {"EXPERIMENTS_TABLE": "mlp-dev-experiments"},
+            "EXPERIMENTS_TABLE and EXPERIMENT_SURFACE must be set together",
+        ),
+        (
+            {"EXPERIMENT_SURFACE": "title-recommender"},
+            "EXPERIMENTS_TABLE and EXPERIMENT_SURFACE must be set together",
+        ),
+        (
+            {"EXPERIMENTS_TABLE": "t", "EXPERIMENT_SURFACE": "title-recommender"},
+            "EXPERIMENTS_TABLE='t': String should match pattern",
+        ),
+        (
+            {"EXPERIMENTS_TABLE": "mlp-dev-experiments", "EXPERIMENT_SURFACE": "Title Row"},
+            "EXPERIMENT_SURFACE='Title Row': String should match pattern",
+        ),
+        (
+            {
+                "EXPERIMENTS_TABLE": "mlp-dev-experiments",
+                "EXPERIMENT_SURFACE": "title-recommender",
+                "AWS_REGION": "",
+            },
+            "EXPERIMENTS_TABLE needs AWS_REGION",
+        ),
+        (
+            {"EXPERIMENTS_REFRESH_SECONDS": "0"},
+            "EXPERIMENTS_REFRESH_SECONDS='0': Input should be greater than 0",
         ),
     ],
 )

@@ -96,8 +96,11 @@ def start(layout: Layout, device: torch.device) -> None:
 
 
 def stop(layout: Layout) -> None:
-    """Leave the process group, so that a later run in the same interpreter starts afresh."""
+    """Leave the process group together, so that a later run in the same interpreter starts
+    afresh. The barrier keeps the other ranks from tearing their connections down while the
+    leader still evaluates and writes the model (gloo aborts a process whose peer vanished)."""
     if layout.is_distributed and distributed.is_initialized():
+        distributed.barrier()
         distributed.destroy_process_group()
 
 

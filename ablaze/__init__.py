@@ -1,0 +1,1 @@
+"""ABlaze, the platform's A/B experimentation service: experiments, allocation and results."""
