@@ -30,7 +30,7 @@ CONFIG ?=
 CDK_CONTEXT := -c env=$(ENV) $(if $(CONFIG),-c config=$(CONFIG))
 CDK := npx --no-install cdk --no-notices
 
-.PHONY: install synth test test-infra test-workload test-flink test-checkov scan-checkov browser lint format bench bench-serving bench-training diff deploy clean
+.PHONY: install synth test test-fast test-lane-infra test-lane-workload test-flink test-checkov scan-checkov browser lint format bench bench-serving bench-training diff deploy clean
 
 install: $(STAMP)
 
@@ -65,19 +65,29 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two pytest processes at once, one per core: the infrastructure tests (tests/test_*.py, which
-# synthesize each environment once and leave the templates where the checkov scan reads
-# them) and the workload tests (jobs, training, serving, ABlaze, handlers); then the PyFlink
-# test and the scan, at once. -O keeps each one's output together.
+# Two lanes at once, one per core, of about equal length (see README, "Performance"):
+# - infrastructure tests (tests/test_*.py: each environment synthesized once, its templates
+#   left where the checkov scan reads them), the scan, then the Spark jobs' tests;
+# - the PyFlink test, then the other workload tests (serving, ABlaze, training, handlers).
+# -O keeps each lane's output together.
+WORKLOAD_TESTS := $(filter-out tests/jobs/ tests/flink/ tests/checkov/,$(wildcard tests/*/))
+
 test: lint $(FLINK_STAMP) $(CHECKOV_STAMP) browser
-	$(MAKE) --no-print-directory -j2 -O test-infra test-workload
-	$(MAKE) --no-print-directory -j2 -O test-flink scan-checkov
+	$(MAKE) --no-print-directory -j2 -O test-lane-infra test-lane-workload
 
-test-infra: $(STAMP)
+test-lane-infra: $(STAMP) $(CHECKOV_STAMP)
 	ML_PLATFORM_TEST_ASSEMBLY=$(CURDIR)/$(ASSEMBLY) $(BIN)/python -m pytest tests/test_*.py
+	$(MAKE) --no-print-directory scan-checkov
+	$(BIN)/python -m pytest tests/jobs
 
-test-workload: $(STAMP)
-	$(BIN)/python -m pytest $(wildcard tests/*/)
+test-lane-workload: $(STAMP) $(FLINK_STAMP)
+	$(MAKE) --no-print-directory test-flink
+	$(BIN)/python -m pytest $(WORKLOAD_TESTS)
+
+# The inner loop: every infrastructure test that builds its construct in a bare stack, and the
+# config tests, without synthesizing the shipped environments.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/test_*.py -m "not synthesized"
 
 # The browser tests of ABlaze's results page drive Debian's Chromium (as root, installed here
 # when missing; otherwise: sudo apt-get install chromium).

@@ -10,11 +10,11 @@ import sys
 from aws_cdk import App
 
 from platform_config import ConfigError, load_config
-from stacks.platform import build_platform
+from stacks.platform import APP_OPTIONS, build_platform
 
 
 def main() -> int:
-    app = App()
+    app = App(**APP_OPTIONS)
     try:
         config = load_config(
             env=app.node.try_get_context("env") or "dev",

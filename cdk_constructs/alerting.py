@@ -248,7 +248,9 @@ class AlertTarget:
                 )
             ],
         )
-        return facade.created_alarms()[-1].alarm
+        # The factory names the alarm's construct after the alarm (reading the facade's list
+        # of alarms back would cost a pass over every alarm of the area per alarm).
+        return facade.node.find_child(alarm_name(self._name_prefix, area, name))
 
     def notify(self, alarm: cloudwatch.Alarm) -> cloudwatch.Alarm:
         """Send the state changes (into ALARM and back to OK) of an alarm made elsewhere to

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import typing
 from typing import ClassVar
@@ -20,7 +21,6 @@ from aws_cdk import (
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
-from cdk_nag import AwsSolutionsChecks
 from constructs import Construct, IConstruct
 
 from platform_config.model import LogRetentionDays
@@ -112,6 +112,55 @@ def log_retention(days: int) -> logs.RetentionDays:
     return _RETENTION_BY_DAYS[days]
 
 
+WILDCARD_RULE = "AwsSolutions-IAM5"
+
+
+def flatten_cfn_reference(value: object) -> str:
+    """A resolved policy value as cdk-nag's IAM5 rule writes it into a finding id: `${X}` of
+    Fn::Sub as `<X>`, Fn::Join joined, Fn::GetAtt as `<Resource.Attribute>`, Ref as
+    `<Resource>`, anything else as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.replace("${", "<").replace("}", ">")
+    if isinstance(value, dict):
+        if "Fn::Join" in value:
+            delimiter, items = value["Fn::Join"]
+            return delimiter.join(flatten_cfn_reference(item) for item in items)
+        if "Fn::Sub" in value:
+            return flatten_cfn_reference(value["Fn::Sub"])
+        if "Fn::GetAtt" in value:
+            resource, attribute = value["Fn::GetAtt"]
+            return f"<{flatten_cfn_reference(resource)}.{flatten_cfn_reference(attribute)}>"
+        if "Fn::ImportValue" in value:
+            return flatten_cfn_reference(value["Fn::ImportValue"])
+        if "Ref" in value:
+            return f"<{flatten_cfn_reference(value['Ref'])}>"
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else [value]
+
+
+def wildcard_findings(policy_document: dict) -> list[str]:
+    """The details of the IAM5 findings cdk-nag reports on a resolved policy document, in its
+    order: statement by statement, `Action::<action>` for each allowed action with a wildcard,
+    then `Resource::<flattened resource>` for each resource with one; each detail once."""
+    details: dict[str, None] = {}
+    for statement in policy_document.get("Statement", []):
+        if statement.get("Effect") != "Allow":
+            continue
+        for action in _as_list(statement.get("Action")):
+            if isinstance(action, str) and "*" in action:
+                details[f"Action::{action}"] = None
+        for resource in _as_list(statement.get("Resource")):
+            flattened = flatten_cfn_reference(resource)
+            if "*" in flattened:
+                details[f"Resource::{flattened}"] = None
+    return list(details)
+
+
 @jsii.implements(IAspect)
 class AcknowledgeWildcardGrants:
     """Acknowledges the IAM5 (wildcard) findings of a role's policies that match an expected
@@ -119,29 +168,50 @@ class AcknowledgeWildcardGrants:
 
     cdk-nag needs one acknowledgment per finding, and a finding's id embeds the resolved ARN
     (`AwsSolutions-IAM5[Resource::<Bucket.Arn>/prefix/*]`), which is only known once the
-    templates resolve. This aspect asks the pack for the findings at synth time, after every
-    grant has been made, instead of hard-coding token strings.
+    templates resolve. This aspect resolves each policy at synth time, after every grant has
+    been made, and derives the findings as cdk-nag's rule does (`wildcard_findings`), rather
+    than hard-coding token strings or running the whole pack once per policy. Should the two
+    ever disagree, the finding cdk-nag reports stays unacknowledged and fails synth.
     """
 
     def __init__(self, expected: dict[str, str]) -> None:
-        self._expected = [(re.compile(pattern), reason) for pattern, reason in expected.items()]
+        self._expected: list[tuple[re.Pattern[str], str]] = []
+        self.expect(expected)
+
+    def expect(self, expected: dict[str, str]) -> None:
+        """Add patterns after those already expected, which keep precedence."""
+        self._expected += [(re.compile(pattern), reason) for pattern, reason in expected.items()]
 
     def visit(self, node: IConstruct) -> None:
         if not isinstance(node, (iam.CfnPolicy, iam.CfnManagedPolicy)):
             return
-        report = AwsSolutionsChecks().validate_scope(node)
-        for violation in report.violations:
-            finding = violation.rule_name
-            if not finding.startswith("AwsSolutions-IAM5["):
-                continue
-            detail = finding.removeprefix("AwsSolutions-IAM5[").removesuffix("]")
-            for pattern, reason in self._expected:
-                if pattern.fullmatch(detail):
-                    acknowledge(node, finding, reason)
-                    break
+        document = Stack.of(node).resolve(node.policy_document)
+        acknowledgments = [
+            Acknowledgment(id=f"{WILDCARD_RULE}[{detail}]", reason=reason)
+            for detail in wildcard_findings(document)
+            if (reason := self._reason_for(detail)) is not None
+        ]
+        if acknowledgments:
+            Validations.of(node).acknowledge(*acknowledgments)
+
+    def _reason_for(self, detail: str) -> str | None:
+        """The reason of the first pattern that matches the whole finding `detail`."""
+        return next(
+            (reason for pattern, reason in self._expected if pattern.fullmatch(detail)), None
+        )
 
 
 def acknowledge_wildcard_grants(scope: IConstruct, expected: dict[str, str]) -> None:
     """Expect wildcard findings on the policies in `scope` (a role or a managed policy):
-    {regex of the finding detail: reason}."""
-    Aspects.of(scope).add(AcknowledgeWildcardGrants(expected))
+    {regex of the finding detail: reason}.
+
+    Expectations given for the same scope more than once (a stack's singleton, explained by
+    each construct that uses it) join its one aspect, so each finding is acknowledged once,
+    with the reason of the first pattern to match it.
+    """
+    aspects = Aspects.of(scope)
+    registered = next((a for a in aspects.all if isinstance(a, AcknowledgeWildcardGrants)), None)
+    if registered is None:
+        aspects.add(AcknowledgeWildcardGrants(expected))
+    else:
+        registered.expect(expected)

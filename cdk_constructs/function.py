@@ -1,13 +1,22 @@
-"""A Python Lambda function from `lambda/<name>/`, with Powertools bundled from this venv."""
+"""A Python Lambda function from `lambda/<name>/`, with Powertools from a layer that every
+function of its stack shares."""
 
 from __future__ import annotations
 
 import importlib.util
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
 import jsii
-from aws_cdk import AssetHashType, BundlingOptions, DockerImage, Duration, ILocalBundling
+from aws_cdk import (
+    AssetHashType,
+    BundlingOptions,
+    DockerImage,
+    Duration,
+    ILocalBundling,
+    Stack,
+)
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -18,47 +27,104 @@ from constructs import Construct, IConstruct
 from cdk_constructs.base import acknowledge, log_retention, skip_checkov
 
 LAMBDA_ROOT = Path(__file__).resolve().parent.parent / "lambda"
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+ARCHITECTURE = lambda_.Architecture.ARM_64
 
-# Pure-Python packages the handlers import beyond the runtime's boto3. They are copied from
-# the environment the tests ran in, so the deployed code is exactly the tested code.
-_BUNDLED_PACKAGES = ("aws_lambda_powertools", "typing_extensions")
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+# What the handlers import beyond the runtime's boto3: import name -> distribution name. They
+# are copied from the environment the tests ran in, so the deployed code is exactly the tested
+# code; being pure Python, they run on any architecture and Python version.
+LAYER_PACKAGES = {
+    "aws_lambda_powertools": "aws-lambda-powertools",
+    "typing_extensions": "typing_extensions",
+}
+# Construct id of the layer, a child of the stack.
+POWERTOOLS_LAYER_ID = "PowertoolsLayer"
+# Bytecode the tests leave beside the sources: never deployed, never part of an asset's hash.
+_BYTECODE = ("__pycache__", "*.pyc")
+# Extension modules (POSIX, Windows): compiled for this machine, not for Lambda's ARM runtime.
+_COMPILED_SUFFIXES = frozenset({".so", ".pyd"})
+
+
+def installed_origin(import_name: str) -> Path:
+    """The file `import_name` is imported from: a module, or its package's `__init__.py`."""
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"{import_name} is not an installed package or module")
+    return Path(spec.origin)
+
+
+def copy_pure_python_package(import_name: str, *, into: Path) -> None:
+    """Copy the installed package or module `import_name` into the directory `into`, refusing
+    one with compiled extension modules (which would not load on Lambda's ARM runtime)."""
+    origin = installed_origin(import_name)
+    is_package = origin.name == "__init__.py"
+    files = origin.parent.rglob("*") if is_package else [origin]
+    compiled = next((path for path in files if path.suffix in _COMPILED_SUFFIXES), None)
+    if compiled is not None:
+        raise ValueError(f"{import_name} is not pure Python: it ships {compiled}")
+    if not is_package:
+        into.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(origin, into / origin.name)
+        return
+    shutil.copytree(
+        origin.parent,
+        into / import_name,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(*_BYTECODE),
+    )
 
 
 @jsii.implements(ILocalBundling)
-class _CopyWithDependencies:
-    """Bundles on the local machine: synth needs neither Docker nor the network."""
-
-    def __init__(self, source: Path) -> None:
-        self._source = source
+class _CopyLayerPackages:
+    """Builds the layer on the local machine (synth needs neither Docker nor the network), in
+    the `python/` folder Lambda puts on the path of every function using the layer."""
 
     def try_bundle(self, output_dir: str, _options: object) -> bool:
-        target = Path(output_dir)
-        shutil.copytree(self._source, target, dirs_exist_ok=True, ignore=_IGNORED)
-        for package in _BUNDLED_PACKAGES:
-            origin = Path(importlib.util.find_spec(package).origin)
-            if origin.name == "__init__.py":
-                shutil.copytree(
-                    origin.parent, target / package, dirs_exist_ok=True, ignore=_IGNORED
-                )
-            else:
-                shutil.copy2(origin, target / origin.name)
+        for import_name in LAYER_PACKAGES:
+            copy_pure_python_package(import_name, into=Path(output_dir) / "python")
         return True
 
 
-def handler_code(name: str) -> lambda_.Code:
-    source = LAMBDA_ROOT / name
-    if not (source / "handler.py").is_file():
-        raise ValueError(f"no Lambda handler at {source}/handler.py")
+def _layer_code() -> lambda_.Code:
+    # Named by its content (the output hash), the asset is staged once for all the stacks.
+    # The bundler reads the packages from this environment, not from the source folder, which
+    # is only where they are installed.
     return lambda_.Code.from_asset(
-        str(source),
-        asset_hash_type=AssetHashType.OUTPUT,
+        str(installed_origin("aws_lambda_powertools").parent.parent),
         bundling=BundlingOptions(
             # Never pulled: local bundling always succeeds.
             image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.14"),
-            local=_CopyWithDependencies(source),
+            local=_CopyLayerPackages(),
         ),
+        asset_hash_type=AssetHashType.OUTPUT,
     )
+
+
+def powertools_layer(scope: IConstruct) -> lambda_.ILayerVersion:
+    """The layer with Powertools that every function in `scope`'s stack uses, created by the
+    first function that asks for it."""
+    stack = Stack.of(scope)
+    existing = stack.node.try_find_child(POWERTOOLS_LAYER_ID)
+    if existing is not None:
+        return existing
+    packages = ", ".join(f"{name} {version(name)}" for name in LAYER_PACKAGES.values())
+    return lambda_.LayerVersion(
+        stack,
+        POWERTOOLS_LAYER_ID,
+        code=_layer_code(),
+        compatible_runtimes=[RUNTIME],
+        compatible_architectures=[ARCHITECTURE],
+        description=f"Pure Python for the platform's functions: {packages}",
+    )
+
+
+def handler_code(name: str) -> lambda_.Code:
+    """The code of `lambda/<name>/`: the handler's own modules only, Powertools being in the
+    layer."""
+    source = LAMBDA_ROOT / name
+    if not (source / "handler.py").is_file():
+        raise ValueError(f"no Lambda handler at {source}/handler.py")
+    return lambda_.Code.from_asset(str(source), exclude=list(_BYTECODE))
 
 
 class PlatformFunction(Construct):
@@ -101,10 +167,11 @@ class PlatformFunction(Construct):
         self.function = lambda_.Function(
             self,
             "Function",
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            architecture=lambda_.Architecture.ARM_64,
+            runtime=RUNTIME,
+            architecture=ARCHITECTURE,
             handler="handler.handler",
             code=handler_code(handler_name),
+            layers=[powertools_layer(self)],
             description=description,
             environment={"POWERTOOLS_SERVICE_NAME": handler_name, **environment},
             timeout=timeout or Duration.seconds(30),

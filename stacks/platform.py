@@ -47,6 +47,13 @@ class Platform:
         ]
 
 
+# How every App of the platform is made (app.py, the tests, tools): cfn-lint checks both
+# environments' templates in the tests (tests/test_cfn_lint.py), so the CDK's own
+# CloudFormation validation, which only warns and costs about 2 s of every synthesis, is off.
+# cdk-nag runs at every synthesis regardless (build_platform adds it).
+APP_OPTIONS = {"builtin_cloud_formation_validation": False}
+
+
 def build_platform(app: App, config: PlatformConfig) -> Platform:
     """Adds every stack of the environment to `app` and registers the cdk-nag checks.
 

@@ -24,7 +24,7 @@ from aws_cdk.assertions import Template
 from aws_cdk.cx_api import CloudAssembly
 
 from platform_config import PlatformConfig, load_config
-from stacks.platform import Platform, build_platform
+from stacks.platform import APP_OPTIONS, Platform, build_platform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The feature flags of cdk.json, plus the path metadata the CLI asks for.
@@ -66,7 +66,7 @@ class SynthesizedPlatform:
 
 def synthesize(config: PlatformConfig, outdir: Path) -> SynthesizedPlatform:
     """Build and synthesize the app exactly as app.py does, with cdk.json's feature flags."""
-    app = App(context=CDK_CONTEXT, outdir=str(outdir))
+    app = App(context=CDK_CONTEXT, outdir=str(outdir), **APP_OPTIONS)
     platform = build_platform(app, config)
     assembly = app.synth()
     return SynthesizedPlatform(config=config, app=app, platform=platform, assembly=assembly)
@@ -85,6 +85,13 @@ def assembly_dir(tmp_path_factory: pytest.TempPathFactory, env: str) -> Path:
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
     return outdir
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark the tests that read a shipped environment (`synthesized`), so `make test-fast`
+    can run the rest: constructs built on their own in bare stacks, config, handlers."""
+    if set(getattr(item, "fixturenames", ())) & {"dev", "prod", "each_env"}:
+        item.add_marker(pytest.mark.synthesized)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 from aws_cdk import App
 
 from platform_config import load_config
-from stacks.platform import build_platform
+from stacks.platform import APP_OPTIONS, build_platform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ CONTEXT = {
 
 
 def synthesize(env: str, outdir: Path) -> None:
-    app = App(context={**CONTEXT, "env": env}, outdir=str(outdir))
+    app = App(context={**CONTEXT, "env": env}, outdir=str(outdir), **APP_OPTIONS)
     build_platform(app, load_config(env=env))
     app.synth()
 
