@@ -35,6 +35,7 @@ from cdk_constructs.workflow import (
     TriggerContext,
     UpstreamTrigger,
     Workflow,
+    repeated_names,
 )
 from cdk_constructs.workflow_graph import Plan, Series, plan
 
@@ -82,6 +83,10 @@ class Orchestrator(PlatformContainer):
         log_retention_days: int,
     ) -> None:
         super().__init__(scope, construct_id)
+        # Workflows are addressed by name (upstream triggers, state machine names).
+        repeated = repeated_names(workflow.name for workflow in workflows)
+        if repeated:
+            raise ValueError(f"workflow names must be unique; repeated: {repeated}")
         self._name_prefix = name_prefix
         self._log_retention_days = log_retention_days
         self.signal_bus = SignalBus(
@@ -134,9 +139,12 @@ class Orchestrator(PlatformContainer):
         )
 
     def _state_machine(self, workflow: Workflow) -> sfn.StateMachine:
+        try:
+            execution_plan = plan({step.name: step.depends_on for step in workflow.steps})
+        except ValueError as error:
+            raise ValueError(f"workflow {workflow.name!r}: {error}") from None
         context = StepContext(scope=self, workflow=workflow.name, quality_gate=self.quality_gate)
         states = {step.name: step.build(context) for step in workflow.steps}
-        execution_plan = plan({step.name: step.depends_on for step in workflow.steps})
         done = sfn.Succeed.jsonata(self, f"{workflow.name}-done", state_name="Done")
         log_group = logs.LogGroup(
             self,

@@ -71,6 +71,17 @@ def dlc_image(region: str, repository: str, tag: str) -> str:
     return f"{account}.dkr.ecr.{region}.amazonaws.com/{repository}:{tag}"
 
 
+def ecr_account_and_repository(image_uri: str) -> tuple[str, str]:
+    """The registry account and repository of an ECR image URI, tagged (`repo:tag`), pinned
+    by digest (`repo@sha256:...`) or both (`repo:tag@sha256:...`)."""
+    registry, separator, reference = image_uri.partition("/")
+    if not separator or ".dkr.ecr." not in registry:
+        raise ValueError(f"not an ECR image URI (<account>.dkr.ecr.<region>...): {image_uri!r}")
+    # The digest's own colon (sha256:...) must not be taken for a tag's.
+    repository = reference.partition("@")[0].partition(":")[0]
+    return registry.partition(".")[0], repository
+
+
 def source_tarball(source: Path, target_dir: Path) -> Path:
     """A reproducible sourcedir.tar.gz of `source` (SageMaker script mode wants a tarball;
     sorted entries and zeroed times keep the asset hash stable between synths)."""
@@ -159,8 +170,7 @@ class TrainingService(PlatformContainer):
         artifacts_bucket.grant_read_write(self.role, f"{self.output_prefix}*")
         encryption_key.grant_encrypt_decrypt(self.role)
         grant_key_use_for_aws_resources(encryption_key, self.role)
-        repository = self.image_uri.split("/", 1)[1].split(":", 1)[0]
-        account = self.image_uri.split(".", 1)[0]
+        account, repository = ecr_account_and_repository(self.image_uri)
         self.role.add_to_policy(
             iam.PolicyStatement(
                 actions=[

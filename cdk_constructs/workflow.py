@@ -17,7 +17,8 @@ a start that cannot be delivered is kept and alarmed on, never lost.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -370,6 +371,9 @@ class UpstreamTrigger:
     workflow: str
 
     def wire(self, context: TriggerContext, trigger_id: str) -> None:
+        if self.workflow == context.workflow:
+            # Each success would start the next run, forever.
+            raise ValueError(f"workflow {context.workflow!r} cannot start on its own success")
         upstream = context.state_machines.get(self.workflow)
         if upstream is None:
             raise ValueError(
@@ -404,3 +408,15 @@ class Workflow:
     steps: tuple[Step, ...]
     timeout: Duration
     triggers: tuple[Trigger, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Steps are addressed by name (dependencies, state names): a repeated one is ambiguous.
+        repeated = repeated_names(step.name for step in self.steps)
+        if repeated:
+            raise ValueError(f"workflow {self.name!r} repeats step names {repeated}")
+
+
+def repeated_names(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    counts = Counter(names)
+    return sorted(name for name, count in counts.items() if count > 1)

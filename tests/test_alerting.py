@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
-from cdk_constructs.alerting import ALERT_PUBLISHERS
+import pytest
+from aws_cdk import App, RemovalPolicy, Stack
+from aws_cdk.assertions import Template
+
+from cdk_constructs.alerting import ALERT_PUBLISHERS, Alerting
 
 
 def every_resource(synth, cfn_type: str) -> list[tuple[dict, str, dict]]:
@@ -48,6 +52,39 @@ def test_alerts_reach_the_configured_subscribers(each_env):
     ]
     assert sorted(s["Endpoint"] for s in subscriptions) == sorted(each_env.config.alerts.emails)
     assert all(s["Protocol"] == "email" for s in subscriptions)
+
+
+def bare_alerting(emails: list[str]) -> Template:
+    stack = Stack(App(), "Bare", env={"account": "123456789012", "region": "eu-west-1"})
+    Alerting(
+        stack, "Alerts", name_prefix="bare", emails=emails, removal_policy=RemovalPolicy.DESTROY
+    )
+    return Template.from_stack(stack)
+
+
+@pytest.mark.parametrize(
+    "emails", [["oncall@example.com"], ["oncall@example.com", "ml-team@example.org"]]
+)
+def test_each_address_subscribes_to_the_topic_by_email(emails):
+    template = bare_alerting(emails)
+    template.resource_count_is("AWS::SNS::Subscription", len(emails))
+    (topic_id,) = template.find_resources("AWS::SNS::Topic")
+    subscriptions = [
+        r["Properties"] for r in template.find_resources("AWS::SNS::Subscription").values()
+    ]
+    assert sorted(s["Endpoint"] for s in subscriptions) == sorted(emails)
+    for subscription in subscriptions:
+        assert subscription["Protocol"] == "email"
+        assert subscription["TopicArn"] == {"Ref": topic_id}
+
+
+def test_without_addresses_the_topic_has_no_subscriber_but_still_takes_alerts():
+    template = bare_alerting([])
+    template.resource_count_is("AWS::SNS::Subscription", 0)
+    template.resource_count_is("AWS::SNS::Topic", 1)
+    (policy,) = template.find_resources("AWS::SNS::TopicPolicy").values()
+    (publish,) = _statements_for_services(policy["Properties"]["PolicyDocument"])
+    assert publish["Action"] == "sns:Publish"
 
 
 def test_prod_has_someone_to_tell(prod):

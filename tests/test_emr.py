@@ -9,17 +9,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_orchestrator import function_role_statements, role_statements
+
 
 def cluster(synth, name: str) -> dict:
+    """The properties of the EMR cluster `name` (Flink or Spark) of the environment."""
     clusters = synth.template("processing").find_resources("AWS::EMR::Cluster")
-    (found,) = [c for lid, c in clusters.items() if lid.startswith(name)]
+    cluster_name = f"{synth.config.resource_prefix}-{name.lower()}"
+    (found,) = [c for c in clusters.values() if c["Properties"]["Name"] == cluster_name]
     return found["Properties"]
 
 
-def policy_statements(synth, role_prefix: str) -> list[dict]:
-    policies = synth.template("processing").find_resources("AWS::IAM::Policy")
-    (policy,) = [p for lid, p in policies.items() if lid.startswith(f"{role_prefix}InstanceRole")]
-    return policy["Properties"]["PolicyDocument"]["Statement"]
+def instance_role_statements(synth, name: str) -> list[dict]:
+    """The statements of the role the instances (and so the jobs) of cluster `name` run with."""
+    resources = synth.template_json("processing")["Resources"]
+    profile = resources[cluster(synth, name)["JobFlowRole"]["Ref"]]
+    (role,) = profile["Properties"]["Roles"]
+    return role_statements(synth.template_json("processing"), role["Ref"])
 
 
 def actions_on(statements: list[dict], fragment: str) -> set[str]:
@@ -109,7 +115,7 @@ def test_dev_spark_terminates_when_idle_and_prod_stays_up(dev, prod):
 
 
 def test_flink_reads_only_its_topic_and_group(each_env):
-    statements = policy_statements(each_env, "Flink")
+    statements = instance_role_statements(each_env, "Flink")
     kafka = [s for s in statements if str(s["Action"]).count("kafka-cluster") > 0]
     (statement,) = kafka
     assert set(statement["Action"]) == {
@@ -127,7 +133,7 @@ def test_flink_reads_only_its_topic_and_group(each_env):
 
 
 def test_flink_writes_only_the_streaming_prefix_of_raw(each_env):
-    statements = policy_statements(each_env, "Flink")
+    statements = instance_role_statements(each_env, "Flink")
     env = each_env.config.env_name
     raw_statements = [s for s in statements if f"mlp-{env}-raw-" in json.dumps(s["Resource"])]
     for statement in raw_statements:
@@ -138,7 +144,7 @@ def test_flink_writes_only_the_streaming_prefix_of_raw(each_env):
 
 
 def test_spark_reads_raw_writes_curated_and_maintains_catalog_tables(each_env):
-    statements = policy_statements(each_env, "Spark")
+    statements = instance_role_statements(each_env, "Spark")
     env = each_env.config.env_name
     raw = actions_on(statements, f"mlp-{env}-raw-")
     assert "s3:GetObject*" in raw
@@ -303,14 +309,11 @@ def test_the_deploy_writes_the_certificates_before_either_cluster(each_env):
         assert json.dumps(tls["S3Object"]).endswith('/emr/tls/certificates.zip"]]}')
 
 
-def role_statements(template: dict, role_prefix: str) -> list[dict]:
-    _, policy = resource_of(template, "AWS::IAM::Policy", f"{role_prefix}ServiceRoleDefaultPolicy")
-    return policy["Properties"]["PolicyDocument"]["Statement"]
-
-
 def test_the_certificate_writer_may_only_make_rsa_pairs_and_put_the_one_object(each_env):
     template = each_env.template_json("processing")
-    statements = role_statements(template, "EmrTlsWriterFunction")
+    statements = function_role_statements(
+        template, "Writes the self-signed certificates of EMR in-transit encryption"
+    )
     key = statements[0]["Resource"]
     assert "DataLakeKey" in json.dumps(key)
     assert statements[:2] == [
@@ -436,7 +439,9 @@ def test_the_keeper_resubmits_exactly_the_clusters_step(each_env):
 
 def test_the_keeper_may_act_on_its_cluster_and_publish_its_metric_only(each_env):
     template = each_env.template_json("processing")
-    statements = role_statements(template, "FlinkrawingestkeeperFunction")
+    statements = function_role_statements(
+        template, f"Keeps raw-ingest running on {each_env.config.resource_prefix}-flink"
+    )
     flink_id, _ = resource_of(template, "AWS::EMR::Cluster", "Flink")
     (emr_statement,) = [s for s in statements if "elasticmapreduce" in json.dumps(s["Action"])]
     assert sorted(emr_statement["Action"]) == [

@@ -12,6 +12,8 @@ from cdk_constructs.experimentation import (
     experiments_table_name,
     results_table_name,
 )
+from tests.test_emr import instance_role_statements
+from tests.test_orchestrator import role_statements
 
 # Stateful: a changed logical id would replace the table and lose every experiment.
 PINNED_TABLE_IDS = {"Experiments5D71F4DC", "ExperimentsResultsCA884CDD"}
@@ -21,6 +23,12 @@ def of_type(template: dict, cfn_type: str) -> dict[str, dict]:
     return {
         lid: r["Properties"] for lid, r in template["Resources"].items() if r["Type"] == cfn_type
     }
+
+
+def task_role_statements(template: dict) -> list[dict]:
+    """The statements of the role of the stack's one ECS task: what its application may call."""
+    (task,) = of_type(template, "AWS::ECS::TaskDefinition").values()
+    return role_statements(template, task["TaskRoleArn"]["Fn::GetAtt"][0])
 
 
 def test_tables_are_keyed_as_the_service_reads_them_and_encrypted_with_the_data_key(each_env):
@@ -95,13 +103,7 @@ def test_the_service_runs_read_only_with_its_tables_and_model_group(each_env):
 
 
 def test_the_service_may_change_experiments_but_only_read_results(each_env):
-    template = each_env.template_json("serving")
-    statements = [
-        s
-        for lid, p in of_type(template, "AWS::IAM::Policy").items()
-        if lid.startswith("ExperimentationTaskTaskRole")
-        for s in p["PolicyDocument"]["Statement"]
-    ]
+    statements = task_role_statements(each_env.template_json("serving"))
     prefix = each_env.config.resource_prefix
     writes_results = [
         s
@@ -122,12 +124,7 @@ def test_the_service_may_change_experiments_but_only_read_results(each_env):
 
 def test_serving_may_only_query_the_running_experiments(each_env):
     template = each_env.template_json("serving-models-1")
-    statements = [
-        s
-        for lid, p in of_type(template, "AWS::IAM::Policy").items()
-        if "TaskRole" in lid
-        for s in p["PolicyDocument"]["Statement"]
-    ]
+    statements = task_role_statements(template)
     dynamodb = [s for s in statements if "dynamodb:" in json.dumps(s["Action"])]
     assert len(dynamodb) == 1
     (query,) = dynamodb
@@ -162,11 +159,6 @@ def test_the_analysis_runs_daily_and_on_demand_and_may_only_add_results(each_env
     args = each_env.platform.processing.experiment_analysis_args
     prefix = each_env.config.resource_prefix
     assert args[args.index("--results-table") + 1] == results_table_name(prefix)
-    statements = [
-        s
-        for lid, p in of_type(each_env.template_json("processing"), "AWS::IAM::Policy").items()
-        if lid.startswith("SparkInstanceRole")
-        for s in p["PolicyDocument"]["Statement"]
-    ]
+    statements = instance_role_statements(each_env, "Spark")
     on_results = [s for s in statements if results_table_name(prefix) in json.dumps(s["Resource"])]
     assert [s["Action"] for s in on_results] == ["dynamodb:PutItem"]

@@ -9,6 +9,8 @@ from jobs.batch.feature_ingestion import (
     MEMBER_FEATURE_DEFINITIONS,
     RECORD_IDENTIFIER,
 )
+from tests.test_emr import instance_role_statements
+from tests.test_orchestrator import function_role_statements
 
 
 def feature_group(synth) -> dict:
@@ -64,9 +66,7 @@ def test_freshness_runs_every_15_minutes(each_env):
 
 
 def test_spark_may_put_records_into_the_member_features_group_only(each_env):
-    policies = each_env.template("processing").find_resources("AWS::IAM::Policy")
-    (spark,) = [p for lid, p in policies.items() if lid.startswith("SparkInstanceRole")]
-    statements = spark["Properties"]["PolicyDocument"]["Statement"]
+    statements = instance_role_statements(each_env, "Spark")
     (put,) = [s for s in statements if s["Action"] == "sagemaker:PutRecord"]
     assert f"feature-group/ml-platform-{each_env.config.env_name}-member-features" in json.dumps(
         put["Resource"]
@@ -74,11 +74,9 @@ def test_spark_may_put_records_into_the_member_features_group_only(each_env):
 
 
 def test_the_freshness_check_reads_only_the_marker(each_env):
-    policies = each_env.template("data").find_resources("AWS::IAM::Policy")
-    (policy,) = [
-        p for lid, p in policies.items() if lid.startswith("FeatureStoreFreshnessFunction")
-    ]
-    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    statements = function_role_statements(
+        each_env.template_json("data"), "Publishes the age of each feature group's newest record"
+    )
     s3_statements = [s for s in statements if "s3:" in json.dumps(s["Action"])]
     assert sorted(s["Action"] for s in s3_statements) == ["s3:GetObject", "s3:ListBucket"]
     (get,) = [s for s in s3_statements if s["Action"] == "s3:GetObject"]

@@ -96,12 +96,14 @@ def test_broker_security_group_admits_only_flink_on_the_iam_port(each_env):
     assert "SecurityGroupIngress" not in group["Properties"]  # no producer CIDRs configured
     ingress = each_env.template("processing").find_resources("AWS::EC2::SecurityGroupIngress")
     to_brokers = [r["Properties"] for r in ingress.values() if r["Properties"]["FromPort"] == 9098]
-    assert len(to_brokers) == 2  # the Flink primary and worker groups
-    for rule in to_brokers:
-        assert rule["ToPort"] == 9098
-        assert "FlinkPrimary" in str(rule["SourceSecurityGroupId"]) or "FlinkWorker" in str(
-            rule["SourceSecurityGroupId"]
-        )
+    groups = each_env.template("processing").find_resources("AWS::EC2::SecurityGroup")
+    sources = sorted(
+        groups[rule["SourceSecurityGroupId"]["Fn::GetAtt"][0]]["Properties"]["GroupDescription"]
+        for rule in to_brokers
+    )
+    cluster = f"{each_env.config.resource_prefix}-flink"
+    assert sources == [f"EMR core and task nodes of {cluster}", f"EMR primary node of {cluster}"]
+    assert all(rule["ToPort"] == 9098 for rule in to_brokers)
 
 
 def test_bootstrap_brokers_are_published_from_the_cluster(each_env):

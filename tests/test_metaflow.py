@@ -6,13 +6,13 @@ import json
 import re
 
 import pytest
-from aws_cdk import App, RemovalPolicy, Stack, Validations
+from aws_cdk import App, Stack, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Template
 from cdk_nag import AwsSolutionsChecks
 
-from cdk_constructs.base import acknowledge
-from cdk_constructs.metaflow_metadata import MetaflowMetadataService
+from cdk_constructs.base import acknowledge, stateful_removal_policy
+from cdk_constructs.metaflow_metadata import SERVICE_DATABASE_USER, MetaflowMetadataService
 from platform_config import load_config
 from tests.conftest import CDK_CONTEXT, REPO_ROOT
 from tools.metaflow_config import OPTIONAL_KEYS, REQUIRED_KEYS
@@ -60,12 +60,24 @@ def master_secret_id(synth) -> str:
     return secret_id
 
 
+def service_secret_id(synth) -> str:
+    """The secret generated for the service's own database user."""
+    (secret_id,) = [
+        lid
+        for lid, secret in resources(synth, "AWS::SecretsManager::Secret").items()
+        if json.loads(
+            secret["Properties"]["GenerateSecretString"].get("SecretStringTemplate", "{}")
+        )
+        == {"username": SERVICE_DATABASE_USER}
+    ]
+    return secret_id
+
+
 def test_the_database_secrets_live_as_long_as_the_database(dev, prod):
     for synth, policy in ((prod, "Retain"), (dev, "Delete")):
         secrets = resources(synth, "AWS::SecretsManager::Secret")
         assert secrets[master_secret_id(synth)]["DeletionPolicy"] == policy
-        (service,) = [s for lid, s in secrets.items() if "ServiceDatabaseSecret" in lid]
-        assert service["DeletionPolicy"] == policy
+        assert secrets[service_secret_id(synth)]["DeletionPolicy"] == policy
 
 
 def master_attachment_id(synth) -> str:
@@ -81,11 +93,9 @@ def test_the_master_password_rotates_and_the_service_password_is_its_own(each_en
     assert attachment["Properties"]["SecretId"] == {"Ref": master_secret_id(each_env)}
     assert schedule["Properties"]["SecretId"] == {"Ref": attachment_id}
     assert schedule["Properties"]["RotationRules"]["ScheduleExpression"] == "rate(30 days)"
-    secrets = resources(each_env, "AWS::SecretsManager::Secret")
-    (service,) = [s for lid, s in secrets.items() if "ServiceDatabaseSecret" in lid]
-    generated = service["Properties"]["GenerateSecretString"]
-    assert json.loads(generated["SecretStringTemplate"]) == {"username": "metaflow_service"}
-    assert generated["GenerateStringKey"] == "password"
+    service = resources(each_env, "AWS::SecretsManager::Secret")[service_secret_id(each_env)]
+    assert service_secret_id(each_env) != master_secret_id(each_env)
+    assert service["Properties"]["GenerateSecretString"]["GenerateStringKey"] == "password"
 
 
 def task_definition(synth, prefix: str) -> dict:
@@ -121,9 +131,7 @@ def test_the_service_logs_in_as_its_own_user_through_ecs_secrets(each_env):
     assert ":username::" in secrets["MF_METADATA_DB_USER"]
     assert ":password::" in secrets["MF_METADATA_DB_PSWD"]
     # The service's own secret, never the master's.
-    assert set(secret_refs(container).values()) == {
-        next(lid for lid in resources(each_env, "AWS::SecretsManager::Secret") if "Service" in lid)
-    }
+    assert set(secret_refs(container).values()) == {service_secret_id(each_env)}
     for master in (master_secret_id(each_env), master_attachment_id(each_env)):
         assert master not in json.dumps(container)
     assert {p["ContainerPort"] for p in container["PortMappings"]} == {8080, 8082}
@@ -153,7 +161,7 @@ def test_only_the_one_off_user_task_holds_the_master_credentials(each_env):
     ]
     assert container["Image"] == each_env.config.metaflow.metadata_service_image
     assert secret_refs(container)["MASTER_PASSWORD"] in master
-    assert "ServiceDatabaseSecret" in secret_refs(container)["SERVICE_PASSWORD"]
+    assert secret_refs(container)["SERVICE_PASSWORD"] == service_secret_id(each_env)
     python, flag, script = container["Command"]
     assert (python, flag) == ("python3", "-c")
     assert (
@@ -163,7 +171,7 @@ def test_only_the_one_off_user_task_holds_the_master_credentials(each_env):
 
 
 def test_the_service_starts_only_after_its_database_user_is_made(each_env):
-    user = only(each_env, "Custom::MetaflowDatabaseUser")
+    ((user_id, user),) = resources(each_env, "Custom::MetaflowDatabaseUser").items()
     properties = user["Properties"]
     assert "MetaflowMetadataDatabaseUserTask" in json.dumps(properties["TaskDefinition"])
     assert "MetaflowMetadataCluster" in json.dumps(properties["Cluster"])
@@ -172,7 +180,7 @@ def test_the_service_starts_only_after_its_database_user_is_made(each_env):
     assert properties["ContainerName"] == "db-user"
     (service_id,) = resources(each_env, "AWS::ECS::Service")
     service = resources(each_env, "AWS::ECS::Service")[service_id]
-    assert any(d.startswith("MetaflowMetadataDatabaseUserResource") for d in service["DependsOn"])
+    assert user_id in service["DependsOn"]
     statements = policy_statements(each_env, "MetaflowMetadataDatabaseUserFunctionServiceRole")
     actions = {json.dumps(s["Action"]): json.dumps(s["Resource"]) for s in statements}
     assert set(actions) == {'"ecs:RunTask"', '"ecs:DescribeTasks"', '"iam:PassRole"'}
@@ -311,9 +319,15 @@ def test_client_config_has_exactly_the_keys_the_tool_and_metaflow_read(each_env)
 
 
 def test_service_url_is_never_empty(each_env):
-    rendered = json.dumps(client_config(each_env))
-    assert '\\"METAFLOW_SERVICE_INTERNAL_URL\\":\\"http://' in rendered
-    assert "MetaflowMetadataLoadBalancer" in rendered
+    # Batch jobs reach the service at the internal load balancer's DNS name.
+    parts = client_config(each_env)["Fn::Join"][1]
+    (balancer_id,) = resources(each_env, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    (url_at,) = [
+        i + 1
+        for i, part in enumerate(parts)
+        if isinstance(part, str) and part.endswith('"METAFLOW_SERVICE_INTERNAL_URL":"http://')
+    ]
+    assert parts[url_at] == {"Fn::GetAtt": [balancer_id, "DNSName"]}
     config = each_env.platform.metaflow.client.client_config
     assert config["METAFLOW_SERVICE_URL"]
     assert config["METAFLOW_SERVICE_INTERNAL_URL"]
@@ -338,7 +352,8 @@ def test_prod_fronts_the_service_with_a_private_api_key_gateway(prod):
         assert integration["ConnectionType"] == "VPC_LINK"
         assert integration["Type"] == "HTTP_PROXY"
     (link,) = resources(prod, "AWS::ApiGateway::VpcLink").values()
-    assert "MetaflowMetadataLoadBalancer" in json.dumps(link["Properties"]["TargetArns"])
+    (balancer_id,) = resources(prod, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    assert link["Properties"]["TargetArns"] == [{"Ref": balancer_id}]
     (stage,) = resources(prod, "AWS::ApiGateway::Stage").values()
     assert "AccessLogSetting" in stage["Properties"]
     (key,) = resources(prod, "AWS::ApiGateway::ApiKey").values()
@@ -414,34 +429,73 @@ def test_clients_get_the_endpoint_specific_url_and_batch_the_load_balancer(prod)
 PINNED_IMAGE = f"netflixoss/metaflow_metadata_service:v2.5.0@sha256:{'5e' * 32}"
 
 
-def public_metadata_service(tmp_path) -> Template:
-    """The service alone in a bare stack, configured for the public API, with cdk-nag."""
-    override = tmp_path / "public.yaml"
-    override.write_text(
-        "metaflow:\n  api_gateway: public\n  api_allowed_cidrs: [203.0.113.0/24]\n"
-        "  api_rate_limit_per_5min: 1200\n  client_cidrs: [192.168.0.0/16]\n"
-        f"  metadata_service_image: {PINNED_IMAGE}\n"
-    )
-    config = load_config(env="dev", override_file=override).metaflow
+def bare_metadata_service(tmp_path, *, env: str, override: str) -> Template:
+    """The service alone in a bare stack, configured as the shipped `env` with the `override`
+    YAML applied (protected as `env` is), with cdk-nag."""
+    override_file = tmp_path / "override.yaml"
+    override_file.write_text(override)
+    config = load_config(env=env, override_file=override_file)
     app = App(context=CDK_CONTEXT, outdir=str(tmp_path / "out"))
     stack = Stack(app, "Bare", env={"account": "123456789012", "region": "eu-west-1"})
     vpc = ec2.Vpc(stack, "Vpc", max_azs=2)
     acknowledge(vpc, "AwsSolutions-VPC7", "A bare VPC for this test; the platform's has flow logs.")
+    protect = config.protect_stateful_resources
     service = MetaflowMetadataService(
         stack,
         "Metadata",
-        config=config,
+        config=config.metaflow,
         vpc=vpc,
         vpc_cidr="10.0.0.0/16",
         service_subnets=ec2.SubnetSelection(subnet_group_name="Private"),
         database_subnets=ec2.SubnetSelection(subnet_group_name="Private"),
         auth_key_parameter_name="/bare/metaflow/auth-key-secret",
-        protect=False,
-        removal_policy=RemovalPolicy.DESTROY,
+        protect=protect,
+        removal_policy=stateful_removal_policy(protect=protect),
     )
     Validations.of(service).add_plugins(AwsSolutionsChecks(service))
     app.synth()
     return Template.from_stack(stack)
+
+
+def public_metadata_service(tmp_path) -> Template:
+    return bare_metadata_service(
+        tmp_path,
+        env="dev",
+        override=(
+            "metaflow:\n  api_gateway: public\n  api_allowed_cidrs: [203.0.113.0/24]\n"
+            "  api_rate_limit_per_5min: 1200\n  client_cidrs: [192.168.0.0/16]\n"
+            f"  metadata_service_image: {PINNED_IMAGE}\n"
+        ),
+    )
+
+
+def test_a_protected_service_without_a_gateway_is_reached_only_through_its_load_balancer(
+    tmp_path,
+):
+    template = bare_metadata_service(
+        tmp_path, env="prod", override="metaflow:\n  api_gateway: disabled\n"
+    )
+    for gateway_part in (
+        "AWS::ApiGateway::RestApi",
+        "AWS::ApiGateway::ApiKey",
+        "AWS::ApiGateway::VpcLink",
+        "AWS::EC2::VPCEndpoint",
+        "AWS::WAFv2::WebACL",
+        "AWS::SSM::Parameter",
+    ):
+        template.resource_count_is(gateway_part, 0)
+    # The database's master and service credentials only: no API key to hand out.
+    secrets = template.find_resources("AWS::SecretsManager::Secret")
+    assert len(secrets) == 2
+    assert "METAFLOW_SERVICE_AUTH_KEY" not in json.dumps(secrets)
+    (balancer,) = template.find_resources("AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+    properties = balancer["Properties"]
+    assert properties["Scheme"] == "internal"
+    # Without a VPC link, every connection, PrivateLink's included, passes the security group.
+    assert properties["EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic"] == "on"
+    (database,) = template.find_resources("AWS::RDS::DBInstance").values()
+    assert database["Properties"]["DeletionProtection"] is True
+    assert database["DeletionPolicy"] == "Retain"
 
 
 def test_the_public_api_admits_only_the_allowed_networks_behind_a_web_acl(tmp_path):

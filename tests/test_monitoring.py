@@ -24,6 +24,7 @@ from jobs.monitoring.names import FEATURE_DRIFT, NAMESPACE, PREDICTION_DRIFT
 from platform_config.model import CanaryConfig, ModelMonitoringConfig
 from serving.recommender_service.service import SHADOW_MODEL_NAME_SUFFIX
 from stacks.serving_stack import COLLECTOR_CONFIG
+from tests.test_emr import instance_role_statements
 from training.recommender.inputs import INPUT_FEATURES
 
 AREAS = (
@@ -303,12 +304,9 @@ def test_the_model_monitor_runs_hourly_on_the_spark_cluster(each_env):
 
 
 def test_spark_may_publish_only_model_monitoring_metrics(each_env):
-    policies = resources(each_env.template_json("processing"), "AWS::IAM::Policy")
     statements = [
         s
-        for lid, p in policies.items()
-        if lid.startswith("SparkInstanceRole")
-        for s in p["PolicyDocument"]["Statement"]
+        for s in instance_role_statements(each_env, "Spark")
         if s["Action"] == "cloudwatch:PutMetricData"
     ]
     assert statements == [

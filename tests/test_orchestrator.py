@@ -7,12 +7,55 @@ import re
 
 import pytest
 
+from cdk_constructs.base import CONTAINER_TAG
 from cdk_constructs.workflow import with_run_date
 from stacks.orchestration_stack import BACKFILL_PREFIX, SIGNALS
 
 
 def resources(synth, cfn_type: str) -> dict[str, dict]:
     return synth.template("orchestration").find_resources(cfn_type)
+
+
+def maestro(synth, cfn_type: str) -> dict[str, dict]:
+    """The orchestrator's own resources of `cfn_type` (by the tag contract's container tag;
+    the stack also holds training's and monitoring's)."""
+    return {
+        lid: resource
+        for lid, resource in resources(synth, cfn_type).items()
+        if {"Key": CONTAINER_TAG, "Value": "maestro"} in resource["Properties"].get("Tags", [])
+    }
+
+
+def role_statements(template: dict, role_id: str) -> list[dict]:
+    """Every statement of the template's policies attached to the role `role_id`."""
+    return [
+        statement
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::IAM::Policy"
+        and {"Ref": role_id} in resource["Properties"]["Roles"]
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def workflow_role_statements(synth, workflow: str) -> list[dict]:
+    """The statements of the role the `workflow` state machine runs with."""
+    (role_arn,) = [
+        machine["Properties"]["RoleArn"]
+        for machine in resources(synth, "AWS::StepFunctions::StateMachine").values()
+        if machine["Properties"]["StateMachineName"] == f"{synth.config.resource_prefix}-{workflow}"
+    ]
+    return role_statements(synth.template_json("orchestration"), role_arn["Fn::GetAtt"][0])
+
+
+def function_role_statements(template: dict, description: str) -> list[dict]:
+    """The statements of the role of the template's function so described."""
+    (role_arn,) = [
+        resource["Properties"]["Role"]
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::Lambda::Function"
+        and resource["Properties"].get("Description") == description
+    ]
+    return role_statements(template, role_arn["Fn::GetAtt"][0])
 
 
 def definition(synth, workflow: str) -> dict:
@@ -126,8 +169,7 @@ def test_every_unsuccessful_run_is_reported_to_the_alert_topic(each_env):
 
 
 def test_every_trigger_retries_and_keeps_what_it_cannot_deliver(each_env):
-    queues = resources(each_env, "AWS::SQS::Queue")
-    (dead_letters,) = [lid for lid in queues if lid.startswith("OrchestratorTriggerDeadLetters")]
+    (dead_letters,) = maestro(each_env, "AWS::SQS::Queue")
     targets = [t for r in rules(each_env) for t in r["Targets"]]
     schedules = resources(each_env, "AWS::Scheduler::Schedule").values()
     targets.extend(schedule["Properties"]["Target"] for schedule in schedules)
@@ -177,11 +219,7 @@ def bus_id(synth) -> str:
 
 def rules(synth) -> list[dict]:
     """The orchestrator's own rules (the stack also holds monitoring's)."""
-    return [
-        r["Properties"]
-        for lid, r in resources(synth, "AWS::Events::Rule").items()
-        if lid.startswith("Orchestrator")
-    ]
+    return [rule["Properties"] for rule in maestro(synth, "AWS::Events::Rule").values()]
 
 
 def test_signal_triggers_match_name_and_parameters_on_the_signal_bus(each_env):
@@ -239,8 +277,8 @@ def test_signal_publisher_knows_the_declared_signals_and_is_idempotent(each_env)
     ]
     environment = publisher["Properties"]["Environment"]["Variables"]
     assert json.loads(environment["SIGNALS"]) == SIGNALS
-    assert "SignalsIdempotency" in json.dumps(environment["IDEMPOTENCY_TABLE"])
-    (table,) = resources(each_env, "AWS::DynamoDB::GlobalTable").values()
+    ((table_id, table),) = resources(each_env, "AWS::DynamoDB::GlobalTable").items()
+    assert environment["IDEMPOTENCY_TABLE"] == {"Ref": table_id}
     assert table["Properties"]["TimeToLiveSpecification"] == {
         "AttributeName": "expiration",
         "Enabled": True,
@@ -248,9 +286,9 @@ def test_signal_publisher_knows_the_declared_signals_and_is_idempotent(each_env)
 
 
 def test_quality_gate_may_only_list_the_buckets_it_checks(each_env):
-    policies = resources(each_env, "AWS::IAM::Policy")
-    (gate,) = [p for lid, p in policies.items() if lid.startswith("OrchestratorQualityGate")]
-    statements = gate["Properties"]["PolicyDocument"]["Statement"]
+    statements = function_role_statements(
+        each_env.template_json("orchestration"), "Data-quality gate of the platform's workflows"
+    )
     assert {json.dumps(s["Action"]) for s in statements} == {'"s3:ListBucket"'}
     listed = json.dumps([s["Resource"] for s in statements])
     assert "-raw-" in listed
@@ -282,12 +320,9 @@ def test_only_the_publisher_may_put_events_on_the_signal_bus(each_env):
 
 
 def test_the_workflow_may_add_steps_to_the_spark_cluster_only(each_env):
-    policies = resources(each_env, "AWS::IAM::Policy")
     statements = [
         s
-        for lid, p in policies.items()
-        if "trainrecommender" in lid.lower()
-        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        for s in workflow_role_statements(each_env, "train-recommender")
         if "elasticmapreduce:AddJobFlowSteps" in json.dumps(s["Action"])
     ]
     assert statements

@@ -20,6 +20,7 @@ from cdk_constructs.delivery import JUDGE_SOURCE
 from cdk_constructs.model_serving import NO_VERSION, VERSION_PARAMETERS, ServingFront
 from platform_config import load_config
 from stacks.serving_stack import model_groups
+from tests.test_experimentation import task_role_statements
 
 
 def models_template(synth) -> dict:
@@ -245,12 +246,7 @@ def test_tasks_are_reachable_only_from_the_load_balancer(each_env):
 
 def test_the_task_role_reads_its_models_and_its_tables_only(each_env):
     template = models_template(each_env)
-    statements = [
-        s
-        for lid, p in of_type(template, "AWS::IAM::Policy").items()
-        if "TaskRole" in lid
-        for s in p["Properties"]["PolicyDocument"]["Statement"]
-    ]
+    statements = task_role_statements(template)
     by_action = {json.dumps(s["Action"]): json.dumps(s["Resource"]) for s in statements}
     assert "keyspace/ml_platform_" in by_action['"cassandra:Select"']
     assert "/table/member_history" in by_action['"cassandra:Select"']

@@ -22,6 +22,12 @@ from cdk_constructs.training_service import (
 )
 from platform_config.instance_types import SAGEMAKER_TRAINING_GPUS
 from platform_config.model import TrainingConfig
+from tests.test_orchestrator import (
+    all_states,
+    definition,
+    role_statements,
+    workflow_role_statements,
+)
 
 
 def test_training_code_tarball_is_reproducible(tmp_path):
@@ -49,8 +55,6 @@ def test_dlc_images_resolve_by_region_without_credentials(region, account):
 
 
 def workflow_states(synth) -> dict:
-    from tests.test_orchestrator import all_states, definition
-
     return all_states(definition(synth, "train-recommender")["States"])
 
 
@@ -59,8 +63,6 @@ def training_state(synth) -> dict:
 
 
 def test_workflow_runs_training_after_features_then_registers(each_env):
-    from tests.test_orchestrator import definition
-
     top = definition(each_env, "train-recommender")["States"]
     (train_branch,) = [
         b for b in top[top["spark-features"]["Next"]]["Branches"] if b["StartAt"] == "train"
@@ -96,8 +98,8 @@ def test_metrics_are_defined_so_they_reach_cloudwatch_and_the_registry(each_env)
         "MetricDefinitions"
     ]
     assert [d["Name"] for d in definitions] == list(METRIC_NAMES)
-    for definition in definitions:
-        assert definition["Regex"] == f"METRIC {definition['Name']}=([0-9.eE+-]+)"
+    for metric in definitions:
+        assert metric["Regex"] == f"METRIC {metric['Name']}=([0-9.eE+-]+)"
 
 
 def test_training_reads_its_channels_from_the_curated_zone(each_env):
@@ -141,12 +143,13 @@ def test_single_host_training_accepts_no_inbound_traffic(each_env):
     assert group_id not in json.dumps(ingress)
 
 
-def test_hosts_of_a_multi_host_job_reach_each_other_and_nothing_else(tmp_path):
-    config = TrainingConfig(instance_type="ml.g5.12xlarge", instance_count=2, batch_size=2048)
-    stack = Stack(App(outdir=str(tmp_path)), "Training", env=Environment(region="us-east-1"))
+def bare_training_service(config: TrainingConfig) -> tuple[Stack, TrainingService]:
+    """The service alone in a bare stack (us-east-1) with a two-zone isolated VPC."""
+    stack = Stack(App(), "Bare", env=Environment(account="123456789012", region="us-east-1"))
     vpc = ec2.Vpc(
         stack,
         "Vpc",
+        max_azs=2,
         nat_gateways=0,
         subnet_configuration=[
             ec2.SubnetConfiguration(name="compute", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
@@ -166,6 +169,12 @@ def test_hosts_of_a_multi_host_job_reach_each_other_and_nothing_else(tmp_path):
         model_package_group="ml-platform-test-recommender",
         log_retention_days=7,
     )
+    return stack, service
+
+
+def test_hosts_of_a_multi_host_job_reach_each_other_and_nothing_else():
+    config = TrainingConfig(instance_type="ml.g5.12xlarge", instance_count=2, batch_size=2048)
+    stack, service = bare_training_service(config)
     state = service.training_task(stack, "Task", "train").to_state_json()
     assert state["Arguments"]["ResourceConfig"]["InstanceCount"] == 2
     assert state["Arguments"]["HyperParameters"]["batch-size"] == "2048"
@@ -181,10 +190,74 @@ def test_hosts_of_a_multi_host_job_reach_each_other_and_nothing_else(tmp_path):
     }
 
 
+def test_on_demand_training_neither_waits_for_spot_nor_checkpoints():
+    config = TrainingConfig(use_spot=False, max_runtime_minutes=90, max_wait_minutes=None)
+    stack, service = bare_training_service(config)
+    state = service.training_task(stack, "Task", "train").to_state_json()
+    arguments = state["Arguments"]
+    assert arguments["StoppingCondition"] == {"MaxRuntimeInSeconds": 90 * 60}
+    assert "EnableManagedSpotTraining" not in arguments
+    assert "CheckpointConfig" not in arguments
+    # The state's own limit follows the job's runtime, not a spot wait it never has.
+    assert service.longest_job_seconds == 90 * 60
+    assert state["TimeoutSeconds"] == 90 * 60 + 30 * 60
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+REGISTRY = "111122223333.dkr.ecr.us-east-1.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    ("image_uri", "repository"),
+    [
+        (f"{REGISTRY}/recommender@{DIGEST}", "recommender"),
+        (f"{REGISTRY}/recommender:2026.1@{DIGEST}", "recommender"),
+        (f"{REGISTRY}/team/recommender@{DIGEST}", "team/recommender"),
+        (f"{REGISTRY}/team/recommender:latest", "team/recommender"),
+    ],
+)
+def test_a_custom_image_runs_exactly_as_given_and_only_its_repository_is_pulled(
+    image_uri, repository
+):
+    stack, service = bare_training_service(TrainingConfig(image_uri=image_uri))
+    arguments = service.training_task(stack, "Task", "train").to_state_json()["Arguments"]
+    assert arguments["AlgorithmSpecification"]["TrainingImage"] == image_uri
+    resources = Template.from_stack(stack).to_json()["Resources"]
+    pulls = [
+        statement["Resource"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::IAM::Policy"
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]
+        if "ecr:BatchGetImage" in _actions(statement)
+    ]
+    assert pulls == [
+        {
+            "Fn::Join": [
+                "",
+                [
+                    "arn:",
+                    {"Ref": "AWS::Partition"},
+                    f":ecr:us-east-1:111122223333:repository/{repository}",
+                ],
+            ]
+        }
+    ]
+
+
+def test_an_image_outside_ecr_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^not an ECR image URI .*'docker.io/pytorch:2'$"):
+        bare_training_service(TrainingConfig(image_uri="docker.io/pytorch:2"))
+
+
 def training_role_statements(synth) -> list[dict]:
-    policies = synth.template("orchestration").find_resources("AWS::IAM::Policy")
-    (policy,) = [p for lid, p in policies.items() if lid.startswith("TrainingRoleDefaultPolicy")]
-    return policy["Properties"]["PolicyDocument"]["Statement"]
+    """The statements of the role SageMaker assumes for training jobs."""
+    roles = synth.template("orchestration").find_resources("AWS::IAM::Role")
+    (role_id,) = [
+        lid
+        for lid, role in roles.items()
+        if "sagemaker.amazonaws.com" in json.dumps(role["Properties"]["AssumeRolePolicyDocument"])
+    ]
+    return role_statements(synth.template_json("orchestration"), role_id)
 
 
 def test_training_role_reads_inputs_writes_only_its_models_prefix(each_env):
@@ -210,13 +283,7 @@ def _actions(statement: dict) -> list[str]:
 
 
 def test_state_machine_may_start_only_recommender_training_jobs(each_env):
-    policies = each_env.template("orchestration").find_resources("AWS::IAM::Policy")
-    (machine,) = [
-        p
-        for lid, p in policies.items()
-        if lid.startswith("OrchestratortrainrecommenderworkflowRoleDefaultPolicy")
-    ]
-    statements = machine["Properties"]["PolicyDocument"]["Statement"]
+    statements = workflow_role_statements(each_env, "train-recommender")
     (create,) = [s for s in statements if "sagemaker:CreateTrainingJob" in _actions(s)]
     assert f"training-job/ml-platform-{each_env.config.env_name}-recommender-*" in json.dumps(
         create["Resource"]
@@ -246,14 +313,12 @@ def test_model_package_group_is_retained_in_prod(dev, prod):
 
 
 def test_training_network_interfaces_stay_in_the_platform_vpc(each_env):
-    policies = each_env.template("orchestration").find_resources("AWS::IAM::Policy")
-    (policy,) = [p for lid, p in policies.items() if lid.startswith("TrainingRoleDefaultPolicy")]
-    statements = policy["Properties"]["PolicyDocument"]["Statement"]
-    for statement in statements:
-        actions = (
-            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        )
-        mutating = [a for a in actions if a.startswith("ec2:") and not a.startswith("ec2:Describe")]
+    for statement in training_role_statements(each_env):
+        mutating = [
+            action
+            for action in _actions(statement)
+            if action.startswith("ec2:") and not action.startswith("ec2:Describe")
+        ]
         if not mutating:
             continue
         resources = json.dumps(statement["Resource"])
